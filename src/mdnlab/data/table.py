@@ -1,0 +1,211 @@
+"""Reading a dataset file (.csv or .npz) into checked arrays, with errors a person can act on.
+
+Every check names the file, the column and the row at fault and says what was expected.
+Rows are numbered from 0 in data order; for CSV files the line number (header = line 1) is
+given too, so that the row can be found in an editor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mdnlab.errors import DataError
+
+
+@dataclass
+class Table:
+    """Inputs x (n, d) float64 and targets y ((n, q) or (n, p, p)), as read and checked."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_names: list[str]
+    y_names: list[str]
+    source: str
+    # For each text-valued x column: its levels; the first is the reference (no indicator).
+    encodings: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return self.x.shape[0]
+
+
+def read_table(path: str | Path, x_cols=None, y_cols=None, min_rows: int = 10) -> Table:
+    """Read and check a dataset; ``x_cols``/``y_cols`` are required for CSV files."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path: no file at {path} (expected a .csv or .npz file)")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table = _read_csv(path, x_cols, y_cols)
+    elif suffix == ".npz":
+        table = _read_npz(path, x_cols, y_cols)
+    else:
+        raise DataError(f"data.path: {path} has suffix {suffix!r}; expected .csv or .npz")
+    check_row_count(table, min_rows)
+    check_not_constant(table.x, table.x_names, table.source, "x")
+    if table.y.ndim == 2:
+        check_not_constant(table.y, table.y_names, table.source, "y")
+    return table
+
+
+def check_row_count(table: Table, min_rows: int) -> None:
+    if table.n_rows < min_rows:
+        raise DataError(
+            f"{table.source}: {table.n_rows} rows; at least {min_rows} are needed "
+            f"(data.min_rows) to split, fit and evaluate a model"
+        )
+
+
+def check_not_constant(values: np.ndarray, names: list[str], source: str, role: str) -> None:
+    for j, name in enumerate(names):
+        column = values[:, j]
+        if np.all(column == column[0]):
+            raise DataError(
+                f"{source}: {role} column {name!r} is constant (every row is {column[0]!r}); "
+                f"it carries no information and cannot be standardised: drop it"
+            )
+
+
+def _read_csv(path: Path, x_cols, y_cols) -> Table:
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV file ({err})") from None
+    source = str(path)
+    for field_name, cols in (("data.x_cols", x_cols), ("data.y_cols", y_cols)):
+        if not cols:
+            raise DataError(
+                f"{field_name} is required for the CSV file {path}; its columns are: "
+                f"{', '.join(map(str, frame.columns))}"
+            )
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{field_name}: column(s) {', '.join(map(repr, missing))} not in {path}; "
+                f"its columns are: {', '.join(map(str, frame.columns))}"
+            )
+    x, x_names, encodings = encode_inputs(frame, list(x_cols), source)
+    y = np.column_stack([numeric_column(frame, c, source) for c in y_cols])
+    return Table(x, y, x_names, list(y_cols), source, encodings)
+
+
+def encode_inputs(
+    frame: pd.DataFrame, x_cols: list[str], source: str, encodings: dict | None = None
+) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
+    """Numeric x columns as they are; text columns one-hot, the first level as reference.
+
+    With ``encodings`` given (from training), text columns use those levels and an unknown
+    level is an error; otherwise the levels are learnt from ``frame`` (sorted).
+    """
+    learn = encodings is None
+    encodings = {} if learn else encodings
+    blocks, names = [], []
+    for col in x_cols:
+        series = frame[col]
+        if col in encodings or (learn and is_text(series)):
+            check_no_missing(series, col, source)
+            values = series.astype(str)
+            if learn:
+                encodings[col] = sorted(values.unique())
+            levels = encodings[col]
+            unknown = sorted(set(values) - set(levels))
+            if unknown:
+                row = int(np.flatnonzero(values == unknown[0])[0])
+                raise DataError(
+                    f"{source}: column {col!r}, {row_text(row, source)}: level {unknown[0]!r} "
+                    f"was not seen in training; known levels: {', '.join(levels)}"
+                )
+            for level in levels[1:]:
+                blocks.append((values == level).to_numpy(dtype=np.float64))
+                names.append(f"{col}={level}")
+        else:
+            blocks.append(numeric_column(frame, col, source))
+            names.append(col)
+    return np.column_stack(blocks), names, encodings
+
+
+def is_text(series: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def row_text(row: int, source: str) -> str:
+    line = f" (line {row + 2})" if source.lower().endswith(".csv") else ""
+    return f"row {row}{line}"
+
+
+def check_no_missing(series: pd.Series, col: str, source: str) -> None:
+    missing = np.flatnonzero(series.isna().to_numpy())
+    if missing.size:
+        raise DataError(
+            f"{source}: column {col!r}, {row_text(int(missing[0]), source)}: value is missing "
+            f"({missing.size} missing in all); expected a value in every row"
+        )
+
+
+def numeric_column(frame: pd.DataFrame, col: str, source: str) -> np.ndarray:
+    """The column as float64; a missing, non-numeric or non-finite value is an error."""
+    series = frame[col]
+    check_no_missing(series, col, source)
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        row = int(bad[0])
+        raise DataError(
+            f"{source}: column {col!r}, {row_text(row, source)}: value {series.iloc[row]!r} is "
+            f"not a finite number ({bad.size} such rows); expected a finite number"
+        )
+    return values
+
+
+def _read_npz(path: Path, x_cols, y_cols) -> Table:
+    source = str(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    with archive:
+        missing = [k for k in ("x", "y") if k not in archive.files]
+        if missing:
+            raise DataError(
+                f"{path}: array(s) {', '.join(missing)} missing; the file holds "
+                f"{', '.join(archive.files) or 'no arrays'}; expected x (n, d) and y (n,), (n, q) "
+                f"or (n, p, p)"
+            )
+        x, y = archive["x"], archive["y"]
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise DataError(f"{path}: x has shape {x.shape}; expected (n, d)")
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim not in (2, 3):
+        raise DataError(f"{path}: y has shape {y.shape}; expected (n,), (n, q) or (n, p, p)")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]}; expected equal")
+    x_names = list(x_cols) if x_cols else [f"x{j}" for j in range(x.shape[1])]
+    y_names = list(y_cols) if y_cols else _default_y_names(y)
+    if len(x_names) != x.shape[1]:
+        raise DataError(f"data.x_cols names {len(x_names)} columns but x in {path} has {x.shape[1]}")
+    for name, values in (("x", x), ("y", y)):
+        if not np.issubdtype(values.dtype, np.number):
+            raise DataError(f"{path}: array {name} has dtype {values.dtype}; expected numbers")
+        values = values.astype(np.float64)
+        flat = values.reshape(values.shape[0], -1)
+        bad_rows, bad_cols = np.nonzero(~np.isfinite(flat))
+        if bad_rows.size:
+            raise DataError(
+                f"{path}: array {name}, row {bad_rows[0]}, entry {bad_cols[0]}: value "
+                f"{flat[bad_rows[0], bad_cols[0]]} is not a finite number; expected finite numbers"
+            )
+    return Table(x.astype(np.float64), y.astype(np.float64), x_names, y_names, source)
+
+
+def _default_y_names(y: np.ndarray) -> list[str]:
+    if y.ndim == 2:
+        return [f"y{j}" for j in range(y.shape[1])]
+    p = y.shape[1]
+    return [f"y[{i},{j}]" for i in range(p) for j in range(i + 1)]

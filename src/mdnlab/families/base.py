@@ -1,0 +1,73 @@
+"""The small interface every output family implements.
+
+A family turns the raw outputs of the network head into a
+``torch.distributions.MixtureSameFamily``: K - 1 free gating logits (the K-th is fixed at 0,
+so the softmax's shift invariance puts no null space into the Hessian) plus the component
+parameters. All mixture mathematics (log-sum-exp over components, sampling, the mean of the
+mixture) lives in that one torch class; a family only builds components and names the
+identifiable summaries (``quantities``) it reports.
+
+Families work on a *standardised* target scale. The family's target scaler (an ``nn.Module``
+with ``fit``, ``forward`` and ``log_abs_det_jacobian``) maps targets there and carries the
+log-Jacobian that keeps every reported NLL in the original units of y.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, MixtureSameFamily
+
+
+class Family(ABC):
+    """An output family: K mixture components over targets of a given event shape."""
+
+    name: str
+
+    def __init__(self, n_components: int, event_shape: tuple[int, ...]):
+        self.n_components = n_components
+        self.event_shape = tuple(event_shape)
+
+    # --- what a family defines -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def params_per_component(self) -> int:
+        """Raw head outputs each component needs."""
+
+    @abstractmethod
+    def component_distribution(self, raw: torch.Tensor) -> Distribution:
+        """raw: (batch, K, params_per_component) -> a distribution with batch shape (batch, K)."""
+
+    @abstractmethod
+    def make_scaler(self) -> nn.Module:
+        """An unfitted target scaler for this event shape (fitted on the training split)."""
+
+    @abstractmethod
+    def quantities(self, mixture: MixtureSameFamily, scaler: nn.Module) -> dict[str, torch.Tensor]:
+        """Identifiable summaries of q(y|x) in the original units of y, each of shape (batch,).
+
+        Names index 0-based positions in ``data.y_cols`` (or in the matrix): ``mean[0]``.
+        """
+
+    @staticmethod
+    @abstractmethod
+    def check_targets(y: np.ndarray, source: str, columns: list[str]) -> None:
+        """Raise DataError naming ``source``, the column and row when y cannot be modelled."""
+
+    # --- the shared path ---------------------------------------------------------------------
+    @property
+    def n_raw_outputs(self) -> int:
+        return (self.n_components - 1) + self.n_components * self.params_per_component
+
+    def mixture(self, raw: torch.Tensor) -> MixtureSameFamily:
+        """Raw head outputs (batch, n_raw_outputs) -> q(y_standardised | x)."""
+        k = self.n_components
+        free_logits = raw[:, : k - 1]
+        logits = torch.cat([free_logits, free_logits.new_zeros(raw.shape[0], 1)], dim=1)
+        components = self.component_distribution(raw[:, k - 1 :].reshape(raw.shape[0], k, -1))
+        return MixtureSameFamily(
+            Categorical(logits=logits, validate_args=False), components, validate_args=False
+        )

@@ -1,0 +1,95 @@
+"""Gaussian mixture components for y in R^q: full (Cholesky) or diagonal covariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.distributions import Independent, MixtureSameFamily, MultivariateNormal, Normal
+from torch.nn.functional import softplus
+
+from mdnlab.errors import DataError
+from mdnlab.families.base import Family
+from mdnlab.scaling import AffineScaler
+
+COVARIANCES = ("full", "diagonal")
+
+
+class GaussianFamily(Family):
+    """Component k: N(mu_k(x), L_k(x) L_k(x)'), L_k lower triangular with a floored diagonal.
+
+    Raw layout per component: q means, q diagonal entries (softplus + ``min_scale``), then for
+    ``covariance="full"`` the q(q-1)/2 strictly-lower entries of L in row-major order.
+    """
+
+    name = "gaussian"
+
+    def __init__(
+        self,
+        n_components: int,
+        event_shape: tuple[int, ...],
+        covariance: str = "full",
+        min_scale: float = 1e-3,
+    ):
+        super().__init__(n_components, event_shape)
+        if covariance not in COVARIANCES:
+            raise ValueError(f"model.covariance must be one of {COVARIANCES}, got {covariance!r}")
+        self.dim = event_shape[0]
+        self.covariance = covariance
+        self.min_scale = min_scale
+        self.full = covariance == "full" and self.dim > 1
+        self._tril = torch.tril_indices(self.dim, self.dim, offset=-1)
+
+    @property
+    def params_per_component(self) -> int:
+        q = self.dim
+        return 2 * q + (q * (q - 1) // 2 if self.full else 0)
+
+    def component_distribution(self, raw: torch.Tensor):
+        q = self.dim
+        loc = raw[..., :q]
+        diag = softplus(raw[..., q : 2 * q]) + self.min_scale
+        if not self.full:
+            return Independent(Normal(loc, diag, validate_args=False), 1, validate_args=False)
+        scale_tril = torch.diag_embed(diag)
+        scale_tril = scale_tril.index_put(
+            (..., self._tril[0], self._tril[1]), raw[..., 2 * q :], accumulate=False
+        )
+        return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
+
+    def make_scaler(self) -> AffineScaler:
+        return AffineScaler(self.dim)
+
+    def quantities(self, mixture: MixtureSameFamily, scaler: AffineScaler) -> dict[str, torch.Tensor]:
+        mean_s, cov_s = mixture_mean_and_covariance(mixture)
+        mean = scaler.inverse(mean_s)
+        cov = cov_s * scaler.scale[:, None] * scaler.scale[None, :]
+        out = {f"mean[{j}]": mean[:, j] for j in range(self.dim)}
+        for i in range(self.dim):
+            for j in range(i + 1):
+                out[f"cov[{i},{j}]"] = cov[:, i, j]
+        return out
+
+    @staticmethod
+    def check_targets(y: np.ndarray, source: str, columns: list[str]) -> None:
+        if y.ndim != 2:
+            raise DataError(
+                f"{source}: the Gaussian family models vector targets y of shape (n, q); "
+                f"got an array of shape {tuple(y.shape)} (matrix targets need model=wishart)"
+            )
+
+
+def component_covariance(components) -> torch.Tensor:
+    """(batch, K, q, q) covariance of each Gaussian component."""
+    if isinstance(components, MultivariateNormal):
+        return components.covariance_matrix
+    return torch.diag_embed(components.base_dist.scale**2)
+
+
+def mixture_mean_and_covariance(mixture: MixtureSameFamily) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (batch, q) and covariance (batch, q, q) of a Gaussian mixture (law of total variance)."""
+    weights = mixture.mixture_distribution.probs  # (batch, K)
+    means = mixture.component_distribution.mean  # (batch, K, q)
+    mean = torch.einsum("bk,bkq->bq", weights, means)
+    second_moment = component_covariance(mixture.component_distribution) + means[..., :, None] * means[..., None, :]
+    cov = torch.einsum("bk,bkij->bij", weights, second_moment) - mean[:, :, None] * mean[:, None, :]
+    return mean, cov

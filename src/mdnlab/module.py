@@ -1,0 +1,95 @@
+"""The LightningModule: family-agnostic, one shared step for train, validation and test.
+
+The module takes plain numbers (sizes, K, family name) and builds its networks itself, so
+``MDNModule.load_from_checkpoint(path)`` needs nothing else. Input and target scalers are
+buffers in the checkpoint; ``log_prob`` and ``nll`` take and return original units.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch.distributions import MixtureSameFamily
+
+from mdnlab.errors import TrainingError
+from mdnlab.families import build_family
+from mdnlab.nets import mlp
+from mdnlab.scaling import AffineScaler
+
+
+class MDNModule(pl.LightningModule):
+    def __init__(
+        self,
+        in_dim: int,
+        event_shape: tuple[int, ...] | list[int],
+        family: str = "gaussian",
+        n_components: int = 3,
+        hidden_sizes: tuple[int, ...] | list[int] = (32,),
+        activation: str = "tanh",
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        **family_options,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.family = build_family(family, n_components, tuple(event_shape), **family_options)
+        self.net = mlp(in_dim, list(hidden_sizes), self.family.n_raw_outputs, activation)
+        self.x_scaler = AffineScaler(in_dim)
+        self.y_scaler = self.family.make_scaler()
+        self.double()
+        self.epoch_history: dict[str, list[float]] = {"train/nll_epoch": [], "val/nll_epoch": []}
+        self._epoch_sums: dict[str, list] = {}
+
+    # --- the model ---------------------------------------------------------------------------
+    def mixture(self, x: torch.Tensor) -> MixtureSameFamily:
+        """q(y_standardised | x) for inputs in original units."""
+        return self.family.mixture(self.net(self.x_scaler(x)))
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log q(y | x) per sample, in nats, in the original units of y."""
+        return self.mixture(x).log_prob(self.y_scaler(y)) + self.y_scaler.log_abs_det_jacobian()
+
+    def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood, nats per sample, original units."""
+        return -self.log_prob(x, y).mean()
+
+    def quantities(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.family.quantities(self.mixture(x), self.y_scaler)
+
+    # --- Lightning -----------------------------------------------------------------------------
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        loss = self.nll(x, y)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"{stage} NLL became {loss.item()} at epoch {self.current_epoch}; "
+                "lower trainer.lr or raise model.min_scale"
+            )
+        total, count = self._epoch_sums.setdefault(stage, [loss.new_zeros(()), 0])
+        self._epoch_sums[stage] = [total + loss.detach() * x.shape[0], count + x.shape[0]]
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._step(batch, "val")
+        self.log("val/nll", loss, on_epoch=True, prog_bar=False, batch_size=batch[0].shape[0])
+
+    def _close_epoch(self, stage: str) -> None:
+        if stage in self._epoch_sums:
+            total, count = self._epoch_sums.pop(stage)
+            self.epoch_history[f"{stage}/nll_epoch"].append(float(total) / count)
+
+    def on_train_epoch_end(self) -> None:
+        self._close_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._close_epoch("val")
+        self._epoch_sums.pop("val", None)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )

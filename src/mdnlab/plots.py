@@ -1,0 +1,74 @@
+"""Figures for a run (matplotlib, Agg backend): training curves and the predicted density."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def training_curves(history: dict[str, list[float]], path: Path, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in history.items():
+        if values:
+            ax.plot(np.arange(1, len(values) + 1), values, label=name.replace("_epoch", ""))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NLL (nats per sample, original units)")
+    ax.set_title(title)
+    ax.legend()
+    _bounded_ylim(ax, history)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bounded_ylim(ax, history) -> None:
+    """Keep the first epochs' large losses from flattening the rest of the curve."""
+    values = np.concatenate([np.asarray(v) for v in history.values() if v] or [np.zeros(1)])
+    if values.size > 10:
+        low, high = np.min(values), np.quantile(values, 0.95)
+        pad = 0.05 * (high - low + 1e-12)
+        ax.set_ylim(low - pad, high + pad)
+
+
+@torch.no_grad()
+def conditional_density(
+    module,
+    x: np.ndarray,
+    y: np.ndarray,
+    path: Path,
+    x_name: str,
+    y_name: str,
+    title: str = "",
+    grid: int = 200,
+) -> None:
+    """Heat map of q(y|x) over a grid, with the data points on top (1-d x, 1-d y)."""
+    x_lo, x_hi = _padded_range(x[:, 0])
+    y_lo, y_hi = _padded_range(y[:, 0])
+    xs, ys = np.linspace(x_lo, x_hi, grid), np.linspace(y_lo, y_hi, grid)
+    gx, gy = np.meshgrid(xs, ys)
+    log_q = module.log_prob(
+        torch.as_tensor(gx.reshape(-1, 1)), torch.as_tensor(gy.reshape(-1, 1))
+    ).numpy().reshape(grid, grid)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    mesh = ax.pcolormesh(xs, ys, np.exp(log_q), shading="auto", cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label=f"q({y_name} | {x_name})")
+    ax.scatter(x[:, 0], y[:, 0], s=6, c="white", edgecolors="black", linewidths=0.3, label="data")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _padded_range(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
+    low, high = float(np.min(values)), float(np.max(values))
+    span = high - low
+    return low - pad * span, high + pad * span

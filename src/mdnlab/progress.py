@@ -1,0 +1,36 @@
+"""Progress lines a person can follow on long work; silent when ``CI`` is set."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def quiet() -> bool:
+    return bool(os.environ.get("CI"))
+
+
+def say(message: str) -> None:
+    if not quiet():
+        print(message, file=sys.stderr, flush=True)
+
+
+class Ticker:
+    """Calls through at most once every ``every_s`` seconds (always on the first call)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s = every_s
+        self.start = time.perf_counter()
+        self._last = -float("inf")
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if now - self._last >= self.every_s:
+            self._last = now
+            return True
+        return False

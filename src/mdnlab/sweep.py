@@ -1,0 +1,102 @@
+"""Multirun sweeps in MLflow: one parent run per sweep, every job a child of it.
+
+Hydra calls :class:`MlflowSweepCallback` in the launching process before any worker starts
+(``on_multirun_start``): it creates the store, the experiment and the parent run there, once.
+The callback object travels to each job (also into joblib's worker processes), where
+``on_job_start`` hands the sweep's identity to the job and ``on_job_end`` clears it again,
+so that a reused worker starts the next job clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mdnlab import tracking
+
+SWEEP_TAG = "mdnlab.sweep"
+ROLE_TAG = "mdnlab.role"
+
+
+@dataclass
+class SweepContext:
+    sweep_id: str
+    sweep_dir: Path
+    tracking_uri: str
+    parents: dict[str, str] = field(default_factory=dict)  # experiment id -> parent run id
+
+    def parent_run(self, client, experiment_id: str) -> str:
+        """The sweep's parent run in this experiment, created once across all workers."""
+        if experiment_id not in self.parents:
+            with tracking.file_lock(self.sweep_dir / ".mlflow-sweep.lock"):
+                found = client.search_runs(
+                    [experiment_id],
+                    filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep_id}' and tags.`{ROLE_TAG}` = 'parent'",
+                    max_results=1,
+                )
+                if found:
+                    self.parents[experiment_id] = found[0].info.run_id
+                else:
+                    run = tracking.RunLog.start(
+                        client,
+                        experiment_id,
+                        run_name=f"sweep-{self.sweep_dir.name}",
+                        tags={SWEEP_TAG: self.sweep_id, ROLE_TAG: "parent", "sweep.dir": str(self.sweep_dir)},
+                    )
+                    self.parents[experiment_id] = run.run_id
+        return self.parents[experiment_id]
+
+
+_active: SweepContext | None = None
+
+
+def active_sweep() -> SweepContext | None:
+    return _active
+
+
+def experiment_name(cfg: DictConfig) -> str:
+    return cfg.logger.get("experiment") or cfg.data.name
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.context: SweepContext | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        uri = tracking.resolve_tracking_uri(config.logger.get("tracking_uri"))
+        self.context = SweepContext(
+            sweep_id=hashlib.sha1(str(sweep_dir).encode()).hexdigest()[:16],
+            sweep_dir=sweep_dir,
+            tracking_uri=uri,
+        )
+        client, experiment_id = tracking.prepare_experiment(uri, experiment_name(config))
+        self.context.parent_run(client, experiment_id)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        global _active
+        _active = self.context
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        global _active
+        _active = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.context is None:
+            return
+        client = tracking.MlflowClient(tracking_uri=self.context.tracking_uri)
+        for run_id in self._all_parents(client):
+            client.set_terminated(run_id, status="FINISHED")
+
+    def _all_parents(self, client) -> list[str]:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(
+            experiments,
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.context.sweep_id}' and tags.`{ROLE_TAG}` = 'parent'",
+        )
+        return [r.info.run_id for r in runs]
