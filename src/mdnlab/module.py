@@ -31,6 +31,9 @@ class MDNModule(pl.LightningModule):
         **family_options,
     ):
         super().__init__()
+        # Plain Python values only, so that checkpoints load with torch's weights_only default.
+        event_shape = [int(v) for v in event_shape]
+        hidden_sizes = [int(h) for h in hidden_sizes]
         self.save_hyperparameters()
         self.family = build_family(family, n_components, tuple(event_shape), **family_options)
         self.net = mlp(in_dim, list(hidden_sizes), self.family.n_raw_outputs, activation)

@@ -158,6 +158,7 @@ def build_module(cfg: DictConfig, table: Table, data: SplitTensors) -> MDNModule
     try:
         module = instantiate(
             cfg.model,
+            _convert_="all",
             in_dim=table.x.shape[1],
             event_shape=list(table.y.shape[1:]),
             lr=float(cfg.trainer.lr),

@@ -121,16 +121,17 @@ def mixture2d_params(
     """Weights (n, 3), means (n, 3, 2), standard deviations (n, 3, 2), correlations (n, 3)."""
     x = _as_2d(x)[:, :1]
     one = np.ones_like(x)
+    # columns are components k = 1, 2, 3
     logits = np.hstack([x, 0.2 * one, -x])
-    mean1 = np.hstack([-1.0 + 0.5 * x, 1.0 + 0.5 * x, 0.5 * x])
-    mean2 = np.hstack(
+    y1_mean = np.hstack([-1.0 + 0.5 * x, 1.0 + 0.5 * x, 0.5 * x])
+    y2_mean = np.hstack(
         [-1.0 + 0.5 * np.sin(np.pi * x), -0.8 + 0.6 * x, 1.2 + 0.3 * np.cos(np.pi * x)]
     )
-    sd1 = np.hstack([0.3 * np.exp(0.3 * x), 0.2 * one, 0.3 * one])
-    sd2 = np.hstack([0.25 * one, 0.35 * np.exp(-0.3 * x), 0.2 * np.exp(0.4 * x)])
+    y1_sd = np.hstack([0.3 * np.exp(0.3 * x), 0.2 * one, 0.3 * one])
+    y2_sd = np.hstack([0.25 * one, 0.35 * np.exp(-0.3 * x), 0.2 * np.exp(0.4 * x)])
     rho = np.hstack([0.8 * np.tanh(2.0 * x), -0.5 * one, 0.3 * x])
-    means = np.stack([mean1, mean2], axis=2)
-    sds = np.stack([sd1, sd2], axis=2)
+    means = np.stack([y1_mean, y2_mean], axis=2)
+    sds = np.stack([y1_sd, y2_sd], axis=2)
     return _softmax(logits), means, sds, rho
 
 
@@ -140,9 +141,9 @@ class Mixture2D(Simulator):
     S_k = [[s_k1^2, rho_k s_k1 s_k2], [rho_k s_k1 s_k2, s_k2^2]].
 
     pi(x)  = softmax(x, 0.2, -x)
-    m_1(x) = (-1 + 0.5 x,  -1 + 0.5 sin(pi x)),  s_1 = (0.3 exp(0.3 x), 0.25),        rho_1 = 0.8 tanh(2x)
-    m_2(x) = ( 1 + 0.5 x,  -0.8 + 0.6 x),        s_2 = (0.2, 0.35 exp(-0.3 x)),       rho_2 = -0.5
-    m_3(x) = (0.5 x,  1.2 + 0.3 cos(pi x)),      s_3 = (0.3, 0.2 exp(0.4 x)),         rho_3 = 0.3 x
+    m_1(x) = (-1 + 0.5 x, -1 + 0.5 sin(pi x)),  s_1 = (0.3 exp(0.3 x), 0.25),   rho_1 = 0.8 tanh(2x)
+    m_2(x) = (1 + 0.5 x, -0.8 + 0.6 x),          s_2 = (0.2, 0.35 exp(-0.3 x)),  rho_2 = -0.5
+    m_3(x) = (0.5 x, 1.2 + 0.3 cos(pi x)),       s_3 = (0.3, 0.2 exp(0.4 x)),    rho_3 = 0.3 x
     """
 
     def sample_y(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

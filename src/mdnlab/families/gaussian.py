@@ -50,10 +50,9 @@ class GaussianFamily(Family):
         diag = softplus(raw[..., q : 2 * q]) + self.min_scale
         if not self.full:
             return Independent(Normal(loc, diag, validate_args=False), 1, validate_args=False)
-        scale_tril = torch.diag_embed(diag)
-        scale_tril = scale_tril.index_put(
-            (..., self._tril[0], self._tril[1]), raw[..., 2 * q :], accumulate=False
-        )
+        lower = raw.new_zeros(*raw.shape[:-1], q, q)
+        lower[..., self._tril[0], self._tril[1]] = raw[..., 2 * q :]
+        scale_tril = lower + torch.diag_embed(diag)
         return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
 
     def make_scaler(self) -> AffineScaler:

@@ -1,0 +1,59 @@
+"""Shared fixtures: the repository, tiny datasets, and the real CLI run in a temp directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small, fast settings for end-to-end runs of the real CLI.
+TINY = [
+    "model.n_components=2",
+    "model.hidden_sizes=[3]",
+    "trainer.max_epochs=40",
+    "train.polish_max_iter=40",
+]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_csv(tmp_path: Path) -> Path:
+    """120 rows of a two-branch conditional law: y = +-(1 + x) + noise."""
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, 120)
+    branch = rng.choice([-1.0, 1.0], 120)
+    y = branch * (1 + x) + 0.2 * rng.standard_normal(120)
+    path = tmp_path / "tiny.csv"
+    pd.DataFrame({"x": x, "y": y}).to_csv(path, index=False)
+    return path
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(CI="1", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python src/train.py ARGS`` from ``tmp_path`` with a temp MLflow store."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "src" / "train.py"), *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
