@@ -58,7 +58,10 @@ def export(out_dir: Path) -> None:
 def dvc_dir_md5(folder: Path) -> str:
     """The hash DVC 3 records for a folder (``hash: md5``): md5 of its sorted JSON listing."""
     entries = [
-        {"md5": hashlib.md5(path.read_bytes()).hexdigest(), "relpath": path.relative_to(folder).as_posix()}
+        {
+            "md5": hashlib.md5(path.read_bytes()).hexdigest(),
+            "relpath": path.relative_to(folder).as_posix(),
+        }
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     ]
@@ -72,7 +75,10 @@ def verify(folder: Path, dvc_file: Path) -> None:
     recorded = {
         out["path"]: out.get("md5") for out in yaml.safe_load(dvc_file.read_text()).get("outs", [])
     }
-    expected = recorded.get(folder.as_posix())
+    base = dvc_file.resolve().parent
+    expected = next(
+        (md5 for out, md5 in recorded.items() if (base / out).resolve() == folder.resolve()), None
+    )
     actual = dvc_dir_md5(folder)
     if expected is None:
         sys.exit(f"error: {dvc_file} records no output at {folder.as_posix()}")

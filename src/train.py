@@ -1,7 +1,7 @@
 """Train one MDN (or a sweep with -m): compose the config with Hydra, then mdnlab.pipeline.run.
 
-    python src/train.py data=mcycle model.n_components=3 seed=1
-    python src/train.py -m model.n_components=1,2,3,5 seed=0,1,2 hydra/launcher=joblib
+python src/train.py data=mcycle model.n_components=3 seed=1
+python src/train.py -m model.n_components=1,2,3,5 seed=0,1,2 hydra/launcher=joblib
 """
 
 import sys

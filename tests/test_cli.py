@@ -69,14 +69,23 @@ def test_single_run_logs_metrics_params_tags_and_artifacts(tmp_path, tiny_csv):
         assert float(module.nll(x, y)) == pytest.approx(metrics["test/nll"], rel=1e-12)
 
     predictions = pd.read_csv(local / "inference" / "predictions.csv")
-    assert list(predictions.columns) == ["point", "quantity", "estimate", "se_hessian", "se_sandwich"]
+    assert list(predictions.columns) == [
+        "point",
+        "quantity",
+        "estimate",
+        "se_hessian",
+        "se_sandwich",
+    ]
     assert set(predictions.quantity) == {"mean[0]", "cov[0,0]"}
     assert predictions.point.nunique() == len(splits.test)
     # Predicted means at the test points, in original units, from the mixture's own parameters.
     with torch.no_grad():
         mixture = module.mixture(x)
         weights = mixture.mixture_distribution.probs
-        means = mixture.component_distribution.mean[..., 0] * module.y_scaler.scale + module.y_scaler.loc
+        means = (
+            mixture.component_distribution.mean[..., 0] * module.y_scaler.scale
+            + module.y_scaler.loc
+        )
         expected = (weights * means).sum(dim=1).numpy()
     got = predictions[predictions.quantity == "mean[0]"].sort_values("point").estimate.to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-10)
@@ -99,9 +108,12 @@ def test_bad_input_stops_with_a_clear_message_and_no_run(tmp_path, tiny_csv):
     assert "'xx'" in misspelt.stderr and "x, y" in misspelt.stderr
 
     if (tmp_path / "mlflow.db").exists():
-        assert client_for(tmp_path).search_runs(
-            [e.experiment_id for e in client_for(tmp_path).search_experiments()]
-        ) == []
+        assert (
+            client_for(tmp_path).search_runs(
+                [e.experiment_id for e in client_for(tmp_path).search_experiments()]
+            )
+            == []
+        )
 
 
 def test_joblib_multirun_on_a_fresh_store_files_every_child_under_one_parent(tmp_path, tiny_csv):

@@ -62,7 +62,9 @@ def numpy_mixture_logpdf(y, log_w, means, covs):
     terms = np.empty((n, k))
     for b in range(n):
         for c in range(k):
-            terms[b, c] = log_w[b, c] + stats.multivariate_normal.logpdf(y[b], means[b, c], covs[b, c])
+            terms[b, c] = log_w[b, c] + stats.multivariate_normal.logpdf(
+                y[b], means[b, c], covs[b, c]
+            )
     return logsumexp(terms, axis=1)
 
 
@@ -99,7 +101,9 @@ def test_mixture_log_prob_matches_scipy(q, covariance, k):
     assert got.shape == (raw.shape[0],)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     # The gating weights themselves (the fixed 0 logit is the last component).
-    np.testing.assert_allclose(mixture.mixture_distribution.probs.numpy(), np.exp(log_w), rtol=1e-12)
+    np.testing.assert_allclose(
+        mixture.mixture_distribution.probs.numpy(), np.exp(log_w), rtol=1e-12
+    )
 
 
 def test_min_scale_floors_the_diagonal():
@@ -149,7 +153,9 @@ def test_mixture_mean_and_covariance_monte_carlo(covariance):
         assert np.all(np.abs(cov[b].numpy() - mc_cov) < 5 * se_cov + 1e-12)
 
 
-@pytest.mark.parametrize(("q", "covariance"), [(1, "full"), (2, "full"), (3, "diagonal"), (3, "full")])
+@pytest.mark.parametrize(
+    ("q", "covariance"), [(1, "full"), (2, "full"), (3, "diagonal"), (3, "full")]
+)
 def test_quantities_in_original_units(q, covariance):
     rng = np.random.default_rng(11 * q)
     k = 2
@@ -163,11 +169,15 @@ def test_quantities_in_original_units(q, covariance):
         scaler.scale.copy_(torch.as_tensor(scale))
     out = family.quantities(family.mixture(torch.as_tensor(raw)), scaler)
 
-    names = [f"mean[{j}]" for j in range(q)] + [f"cov[{i},{j}]" for i in range(q) for j in range(i + 1)]
+    names = [f"mean[{j}]" for j in range(q)] + [
+        f"cov[{i},{j}]" for i in range(q) for j in range(i + 1)
+    ]
     assert sorted(out) == sorted(names)
     mean_s, cov_s = numpy_moments(*decode(raw, k, q, covariance, 0.02))
     for j in range(q):
-        np.testing.assert_allclose(out[f"mean[{j}]"].numpy(), loc[j] + scale[j] * mean_s[:, j], rtol=1e-10)
+        np.testing.assert_allclose(
+            out[f"mean[{j}]"].numpy(), loc[j] + scale[j] * mean_s[:, j], rtol=1e-10
+        )
     for i in range(q):
         for j in range(i + 1):
             want = scale[i] * scale[j] * cov_s[:, i, j]

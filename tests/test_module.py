@@ -57,7 +57,10 @@ def scipy_log_prob_original_units(module, x, y, min_scale=1e-3, full=True):
     out = np.empty(x.shape[0])
     for b in range(x.shape[0]):
         terms = [
-            log_w[b, c] + stats.multivariate_normal.logpdf(y[b], loc + scale * means_s[b, c], s @ covs_s[b, c] @ s)
+            log_w[b, c]
+            + stats.multivariate_normal.logpdf(
+                y[b], loc + scale * means_s[b, c], s @ covs_s[b, c] @ s
+            )
             for c in range(k)
         ]
         out[b] = logsumexp(terms)
@@ -123,7 +126,9 @@ def test_log_prob_via_torch_mixture_parameters():
         logsumexp(
             [
                 np.log(weights[b, c])
-                + stats.multivariate_normal.logpdf(y[b], loc + scale * means[b, c], s @ covs[b, c] @ s)
+                + stats.multivariate_normal.logpdf(
+                    y[b], loc + scale * means[b, c], s @ covs[b, c] @ s
+                )
                 for c in range(weights.shape[1])
             ]
         )
@@ -207,12 +212,23 @@ def test_checkpoint_round_trip(tmp_path, options):
         devices=1,
         default_root_dir=tmp_path,
     )
+    full = options.get("covariance", "full") == "full"
+    min_scale = options.get("min_scale", 1e-3)
     with torch.no_grad():
         before_fit = module.log_prob(xt, yt).clone()
-    trainer.fit(module, DataLoader([(xt, yt)], batch_size=None))
+    want_before = scipy_log_prob_original_units(module, x, y, min_scale=min_scale, full=full)
+    loader = DataLoader([(xt, yt)], batch_size=None)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     with torch.no_grad():
         after_fit = module.log_prob(xt, yt)
     assert not torch.equal(before_fit, after_fit)  # one Adam step moved the weights
+    want_after = scipy_log_prob_original_units(module, x, y, min_scale=min_scale, full=full)
+    # The epoch NLLs are in original units: train before the step, validation after it
+    # (the sanity-check validation pass is not recorded).
+    assert module.epoch_history["train/nll_epoch"] == [
+        pytest.approx(-want_before.mean(), rel=1e-10)
+    ]
+    assert module.epoch_history["val/nll_epoch"] == [pytest.approx(-want_after.mean(), rel=1e-10)]
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
 
@@ -230,7 +246,5 @@ def test_checkpoint_round_trip(tmp_path, options):
     assert reloaded.dtype == torch.float64
     torch.testing.assert_close(reloaded, after_fit, rtol=0, atol=0)
     # And the loaded model is right in its own terms, not only equal to the original.
-    want = scipy_log_prob_original_units(
-        loaded, x, y, min_scale=options.get("min_scale", 1e-3), full=options.get("covariance", "full") == "full"
-    )
+    want = scipy_log_prob_original_units(loaded, x, y, min_scale=min_scale, full=full)
     np.testing.assert_allclose(reloaded.numpy(), want, rtol=1e-10, atol=1e-10)

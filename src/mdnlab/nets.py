@@ -6,10 +6,18 @@ from torch import nn
 
 from mdnlab.errors import ConfigError
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus, "silu": nn.SiLU}
+ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+}
 
 
-def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, activation: str = "tanh") -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden_sizes: list[int], out_dim: int, activation: str = "tanh"
+) -> nn.Sequential:
     """Linear -> activation blocks, then a linear head. ``hidden_sizes=[]`` is a linear model."""
     if activation not in ACTIVATIONS:
         raise ConfigError(

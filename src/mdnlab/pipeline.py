@@ -82,7 +82,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     sweep = active_sweep()
     parent = sweep.parent_run(client, experiment_id) if sweep is not None else None
     log = tracking.RunLog.start(client, experiment_id, run_name(cfg), run_tags(cfg, table), parent)
-    say(f"{label}MLflow run {log.run_id} in experiment {experiment_name(cfg)!r} ({client.tracking_uri})")
+    say(
+        f"{label}MLflow run {log.run_id} in experiment {experiment_name(cfg)!r} ({client.tracking_uri})"
+    )
     try:
         log.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         metrics, history = train_and_evaluate(cfg, module, data, table, artifacts, label)
@@ -148,8 +150,12 @@ def load_data(cfg: DictConfig) -> tuple[Table, Splits]:
     table = read_table(d.path, d.get("x_cols"), d.get("y_cols"), int(d.get("min_rows", 10)))
     family_class(cfg.model.family).check_targets(table.y, table.source, table.y_names)
     splits = split_rows(
-        table.n_rows, float(d.val_fraction), float(d.test_fraction), d.get("split", "random"),
-        int(cfg.seed), table.source,
+        table.n_rows,
+        float(d.val_fraction),
+        float(d.test_fraction),
+        d.get("split", "random"),
+        int(cfg.seed),
+        table.source,
     )
     return table, splits
 
@@ -204,7 +210,9 @@ def run_tags(cfg: DictConfig, table: Table) -> dict[str, str]:
 # --- training and evaluation -----------------------------------------------------------------
 def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, label: str):
     t = cfg.trainer
-    train_loader = batch_loader(data.x["train"], data.y["train"], t.get("batch_size"), int(cfg.seed))
+    train_loader = batch_loader(
+        data.x["train"], data.y["train"], t.get("batch_size"), int(cfg.seed)
+    )
     val_loader = batch_loader(data.x["val"], data.y["val"]) if data.size("val") else None
     settings = TrainerSettings(int(t.max_epochs), int(t.patience), float(t.get("min_delta", 0.0)))
     trainer, fit_info = fit_adam(module, train_loader, val_loader, settings, label)
@@ -240,7 +248,9 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
                     raise TrainingError(f"{split}/nll is {value} at the final weights")
                 metrics[f"{split}/nll"] = value
     if cfg.data.get("eval_path"):
-        x_eval, y_eval, log_p = load_eval_sample(cfg.data.eval_path, table.x.shape[1], table.y.shape[1:])
+        x_eval, y_eval, log_p = load_eval_sample(
+            cfg.data.eval_path, table.x.shape[1], table.y.shape[1:]
+        )
         kl = kl_estimate(log_p, model_log_prob(module, x_eval, y_eval))
         metrics["test/kl_to_truth"] = kl.value
         metrics["test/kl_to_truth_se"] = kl.se
@@ -252,7 +262,9 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
 
 
 # --- artifacts -------------------------------------------------------------------------------
-def write_artifacts(cfg, module, table: Table, data: SplitTensors, artifacts: Path, history, metrics):
+def write_artifacts(
+    cfg, module, table: Table, data: SplitTensors, artifacts: Path, history, metrics
+):
     (artifacts / "plots").mkdir(parents=True, exist_ok=True)
     (artifacts / "inference").mkdir(parents=True, exist_ok=True)
     (artifacts / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -271,16 +283,24 @@ def write_artifacts(cfg, module, table: Table, data: SplitTensors, artifacts: Pa
     else:
         split = "test" if data.size("test") else "train"
         x_points = data.x[split][:DEFAULT_POINTS].numpy()
-    predictions_frame(module, x_points).to_csv(artifacts / "inference" / "predictions.csv", index=False)
+    predictions_frame(module, x_points).to_csv(
+        artifacts / "inference" / "predictions.csv", index=False
+    )
 
     title = run_name(cfg)
     plots.training_curves(history, artifacts / "plots" / "training_curves.png", title)
-    pd.DataFrame(_curves_table(history)).to_csv(artifacts / "plots" / "training_curves.csv", index=False)
+    pd.DataFrame(_curves_table(history)).to_csv(
+        artifacts / "plots" / "training_curves.csv", index=False
+    )
     if table.x.shape[1] == 1 and table.y.ndim == 2 and table.y.shape[1] == 1:
         plots.conditional_density(
-            module, data.x["train"].numpy(), data.y["train"].numpy(),
+            module,
+            data.x["train"].numpy(),
+            data.y["train"].numpy(),
             artifacts / "plots" / "conditional_density.png",
-            table.x_names[0], table.y_names[0], title,
+            table.x_names[0],
+            table.y_names[0],
+            title,
         )
 
 

@@ -52,9 +52,11 @@ def conditional_density(
     y_lo, y_hi = _padded_range(y[:, 0])
     xs, ys = np.linspace(x_lo, x_hi, grid), np.linspace(y_lo, y_hi, grid)
     gx, gy = np.meshgrid(xs, ys)
-    log_q = module.log_prob(
-        torch.as_tensor(gx.reshape(-1, 1)), torch.as_tensor(gy.reshape(-1, 1))
-    ).numpy().reshape(grid, grid)
+    log_q = (
+        module.log_prob(torch.as_tensor(gx.reshape(-1, 1)), torch.as_tensor(gy.reshape(-1, 1)))
+        .numpy()
+        .reshape(grid, grid)
+    )
     fig, ax = plt.subplots(figsize=(7, 4.5))
     mesh = ax.pcolormesh(xs, ys, np.exp(log_q), shading="auto", cmap="viridis")
     fig.colorbar(mesh, ax=ax, label=f"q({y_name} | {x_name})")

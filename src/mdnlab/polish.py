@@ -18,7 +18,9 @@ class PolishResult:
     converged: bool
 
 
-def max_abs_grad(loss_fn: Callable[[], torch.Tensor], params: list[torch.nn.Parameter]) -> tuple[float, float]:
+def max_abs_grad(
+    loss_fn: Callable[[], torch.Tensor], params: list[torch.nn.Parameter]
+) -> tuple[float, float]:
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params)
     return float(loss.detach()), max(float(g.abs().max()) for g in grads)

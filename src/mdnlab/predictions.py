@@ -36,7 +36,9 @@ def read_points(path: str | Path, table: Table, x_cols: list[str]) -> np.ndarray
             x = np.asarray(archive["x"], dtype=np.float64)
         x = x[:, None] if x.ndim == 1 else x
     else:
-        raise DataError(f"inference.points: {path} has suffix {path.suffix!r}; expected .csv or .npz")
+        raise DataError(
+            f"inference.points: {path} has suffix {path.suffix!r}; expected .csv or .npz"
+        )
     if x.ndim != 2 or x.shape[1] != table.x.shape[1]:
         raise DataError(
             f"inference.points: {path} gives x of shape {x.shape}; expected (m, {table.x.shape[1]})"

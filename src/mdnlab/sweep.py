@@ -45,7 +45,11 @@ class SweepContext:
                         client,
                         experiment_id,
                         run_name=f"sweep-{self.sweep_dir.name}",
-                        tags={SWEEP_TAG: self.sweep_id, ROLE_TAG: "parent", "sweep.dir": str(self.sweep_dir)},
+                        tags={
+                            SWEEP_TAG: self.sweep_id,
+                            ROLE_TAG: "parent",
+                            "sweep.dir": str(self.sweep_dir),
+                        },
                     )
                     self.parents[experiment_id] = run.run_id
         return self.parents[experiment_id]

@@ -161,6 +161,7 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
 
 def git_commit(cwd: Path | None = None) -> str:
     """HEAD's commit, with ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True

@@ -18,7 +18,9 @@ for _name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
+warnings.filterwarnings(
+    "ignore", message=".*number of training batches.*smaller than the logging interval.*"
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,10 @@ def fit_adam(
         callbacks += [
             best,
             EarlyStopping(
-                "val/nll", patience=settings.patience, min_delta=settings.min_delta, mode="min",
+                "val/nll",
+                patience=settings.patience,
+                min_delta=settings.min_delta,
+                mode="min",
                 check_finite=True,
             ),
         ]

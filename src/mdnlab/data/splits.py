@@ -36,8 +36,14 @@ def split_rows(
     n_test = int(round(test_fraction * n_rows))
     n_train = n_rows - n_val - n_test
     if n_train < 2:
-        raise DataError(f"{source}: {n_rows} rows leave {n_train} for training; expected at least 2")
-    order = np.arange(n_rows) if kind == "chronological" else np.random.default_rng(seed).permutation(n_rows)
+        raise DataError(
+            f"{source}: {n_rows} rows leave {n_train} for training; expected at least 2"
+        )
+    order = (
+        np.arange(n_rows)
+        if kind == "chronological"
+        else np.random.default_rng(seed).permutation(n_rows)
+    )
     return Splits(
         train=np.sort(order[:n_train]) if kind == "random" else order[:n_train],
         val=np.sort(order[n_train : n_train + n_val]),

@@ -111,6 +111,11 @@ def encode_inputs(
             values = series.astype(str)
             if learn:
                 encodings[col] = sorted(values.unique())
+                if len(encodings[col]) < 2:
+                    raise DataError(
+                        f"{source}: x column {col!r} is constant (every row is "
+                        f"{encodings[col][0]!r}); it carries no information: drop it"
+                    )
             levels = encodings[col]
             unknown = sorted(set(values) - set(levels))
             if unknown:
@@ -129,7 +134,11 @@ def encode_inputs(
 
 
 def is_text(series: pd.Series) -> bool:
-    return not pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+    """Text-valued: not numeric, and not a numeric column spoilt by a few stray values."""
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return False
+    parsed = pd.to_numeric(series, errors="coerce")
+    return parsed.notna().mean() < 0.5
 
 
 def row_text(row: int, source: str) -> str:
@@ -189,7 +198,14 @@ def _read_npz(path: Path, x_cols, y_cols) -> Table:
     x_names = list(x_cols) if x_cols else [f"x{j}" for j in range(x.shape[1])]
     y_names = list(y_cols) if y_cols else _default_y_names(y)
     if len(x_names) != x.shape[1]:
-        raise DataError(f"data.x_cols names {len(x_names)} columns but x in {path} has {x.shape[1]}")
+        raise DataError(
+            f"data.x_cols names {len(x_names)} columns but x in {path} has {x.shape[1]}"
+        )
+    if len(y_names) != len(_default_y_names(y)):
+        raise DataError(
+            f"data.y_cols names {len(y_names)} columns but y in {path} has shape {y.shape[1:]} "
+            f"per row ({len(_default_y_names(y))} entries)"
+        )
     for name, values in (("x", x), ("y", y)):
         if not np.issubdtype(values.dtype, np.number):
             raise DataError(f"{path}: array {name} has dtype {values.dtype}; expected numbers")

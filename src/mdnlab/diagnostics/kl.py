@@ -20,24 +20,32 @@ class KLEstimate:
 
 def kl_estimate(log_p_true: np.ndarray, log_q: np.ndarray) -> KLEstimate:
     diff = np.asarray(log_p_true, dtype=np.float64) - np.asarray(log_q, dtype=np.float64)
-    return KLEstimate(float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size)), diff.size)
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
+    return KLEstimate(float(diff.mean()), se, diff.size)
 
 
 def load_eval_sample(path: Path, x_dim: int, y_shape: tuple[int, ...]):
     """The data stage's evaluation sample: arrays x, y and log_p (the true log density)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data.eval_path: no evaluation sample at {path} (run the data stage: dvc repro)")
+        raise DataError(
+            f"data.eval_path: no evaluation sample at {path} (run the data stage: dvc repro)"
+        )
     with np.load(path) as archive:
         missing = [k for k in ("x", "y", "log_p") if k not in archive.files]
         if missing:
             raise DataError(f"{path}: array(s) {', '.join(missing)} missing; expected x, y, log_p")
         x, y, log_p = archive["x"], archive["y"], archive["log_p"]
     x = x.reshape(x.shape[0], -1)
-    y = y.reshape(y.shape[0], *y_shape)
     if x.shape[1] != x_dim:
         raise DataError(f"{path}: x has {x.shape[1]} columns; the training data has {x_dim}")
-    return x, y, log_p
+    if y.size != x.shape[0] * int(np.prod(y_shape)):
+        raise DataError(
+            f"{path}: y has shape {y.shape}; expected {x.shape[0]} rows of shape {tuple(y_shape)}"
+        )
+    if log_p.shape != (x.shape[0],):
+        raise DataError(f"{path}: log_p has shape {log_p.shape}; expected ({x.shape[0]},)")
+    return x, y.reshape(x.shape[0], *y_shape), log_p
 
 
 @torch.no_grad()

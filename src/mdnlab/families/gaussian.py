@@ -58,7 +58,9 @@ class GaussianFamily(Family):
     def make_scaler(self) -> AffineScaler:
         return AffineScaler(self.dim)
 
-    def quantities(self, mixture: MixtureSameFamily, scaler: AffineScaler) -> dict[str, torch.Tensor]:
+    def quantities(
+        self, mixture: MixtureSameFamily, scaler: AffineScaler
+    ) -> dict[str, torch.Tensor]:
         mean_s, cov_s = mixture_mean_and_covariance(mixture)
         mean = scaler.inverse(mean_s)
         cov = cov_s * scaler.scale[:, None] * scaler.scale[None, :]
@@ -89,6 +91,9 @@ def mixture_mean_and_covariance(mixture: MixtureSameFamily) -> tuple[torch.Tenso
     weights = mixture.mixture_distribution.probs  # (batch, K)
     means = mixture.component_distribution.mean  # (batch, K, q)
     mean = torch.einsum("bk,bkq->bq", weights, means)
-    second_moment = component_covariance(mixture.component_distribution) + means[..., :, None] * means[..., None, :]
+    second_moment = (
+        component_covariance(mixture.component_distribution)
+        + means[..., :, None] * means[..., None, :]
+    )
     cov = torch.einsum("bk,bkij->bij", weights, second_moment) - mean[:, :, None] * mean[:, None, :]
     return mean, cov
