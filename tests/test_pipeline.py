@@ -1,0 +1,78 @@
+"""`dvc repro` end to end on tiny params in a temp copy of the repo; a second repro does nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def copy_repo(target: Path) -> None:
+    """The files git would ship (tracked and untracked-not-ignored), nothing generated."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def test_dvc_repro_twice_on_tiny_params(tmp_path):
+    work = tmp_path / "repo"
+    copy_repo(work)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    for spec in params["synthetic"].values():
+        spec.update(n=200, eval_n=2000)
+    params["train"]["overrides"] = "trainer.max_epochs=5 train.polish_max_iter=5"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        CI="1",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+    )
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    run("git", "init", "-q")
+    run(sys.executable, "src/export_raw.py")  # rebuilds data/raw and checks it against data.dvc
+    first = run("dvc", "repro")
+    stages = yaml.safe_load((work / "dvc.yaml").read_text())
+    experiments = list(stages["vars"][0]["experiments"])
+    for name in experiments:
+        assert f"Running stage 'train@{name}'" in first
+
+    metrics = json.loads(run("dvc", "metrics", "show", "--json"))
+    shown = json.dumps(metrics)
+    for name in experiments:
+        assert f"metrics/{name}.json" in shown
+    for name in ["synth_mixture", "bishop"]:
+        values = json.loads((work / "metrics" / f"{name}.json").read_text())
+        assert (
+            values["test/kl_to_truth"] > -3 * values["test/kl_to_truth_se"]
+        )  # KL >= 0 up to noise
+    assert (work / "plots" / "mcycle" / "conditional_density.png").is_file()
+
+    second = run("dvc", "repro")
+    assert "Running stage" not in second
+    assert "Data and pipelines are up to date" in second
