@@ -65,6 +65,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     data = SplitTensors.from_table(table, splits)
     module = build_module(cfg, table, data)
     threads = configure_threads(cfg.get("threads", "auto"), data.size("train") * n_weights(module))
+    x_points = prediction_points(cfg, table, data)
     label = f"[{run_name(cfg)}] "
     say(
         f"{label}{table.source}: {table.n_rows} rows -> train {data.size('train')}, "
@@ -89,7 +90,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         metrics, history = train_and_evaluate(cfg, module, data, table, artifacts, label)
         metrics["run/seconds"] = time.perf_counter() - started
-        write_artifacts(cfg, module, table, data, artifacts, history, metrics)
+        write_artifacts(cfg, module, table, data, artifacts, history, metrics, x_points)
         log.log_metrics(metrics)
         for name, values in history.items():
             log.log_curve(name, values)
@@ -262,8 +263,17 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
 
 
 # --- artifacts -------------------------------------------------------------------------------
+def prediction_points(cfg: DictConfig, table: Table, data: SplitTensors) -> np.ndarray:
+    """``inference.points`` (checked before any run starts), else the first 100 test rows."""
+    points_path = cfg.inference.get("points")
+    if points_path:
+        return read_points(points_path, table, list(cfg.data.x_cols or table.x_names))
+    split = "test" if data.size("test") else "train"
+    return data.x[split][:DEFAULT_POINTS].numpy()
+
+
 def write_artifacts(
-    cfg, module, table: Table, data: SplitTensors, artifacts: Path, history, metrics
+    cfg, module, table: Table, data: SplitTensors, artifacts: Path, history, metrics, x_points
 ):
     (artifacts / "plots").mkdir(parents=True, exist_ok=True)
     (artifacts / "inference").mkdir(parents=True, exist_ok=True)
@@ -277,12 +287,6 @@ def write_artifacts(
         }
         (artifacts / "data" / "encoding.json").write_text(json.dumps(encoding, indent=2) + "\n")
 
-    points_path = cfg.inference.get("points")
-    if points_path:
-        x_points = read_points(points_path, table, list(cfg.data.x_cols or table.x_names))
-    else:
-        split = "test" if data.size("test") else "train"
-        x_points = data.x[split][:DEFAULT_POINTS].numpy()
     predictions_frame(module, x_points).to_csv(
         artifacts / "inference" / "predictions.csv", index=False
     )

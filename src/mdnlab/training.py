@@ -18,6 +18,7 @@ for _name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
 warnings.filterwarnings(
     "ignore", message=".*number of training batches.*smaller than the logging interval.*"
 )
