@@ -296,6 +296,18 @@ def write_artifacts(
     pd.DataFrame(_curves_table(history)).to_csv(
         artifacts / "plots" / "training_curves.csv", index=False
     )
+    split = "test" if data.size("test") else "train"
+    with torch.no_grad():
+        predicted = {k: v.numpy() for k, v in module.quantities(data.x[split]).items()}
+    if all(f"cov[{j},{j}]" in predicted for j in range(len(table.y_names))):
+        plots.prediction_bands(
+            predicted,
+            data.y[split].numpy(),
+            table.y_names,
+            artifacts / "plots" / "prediction_bands.png",
+            f"{title}: {split} split",
+            **along_x(data.x[split].numpy(), table.x_names),
+        )
     if table.x.shape[1] == 1 and table.y.ndim == 2 and table.y.shape[1] == 1:
         plots.conditional_density(
             module,
@@ -306,6 +318,11 @@ def write_artifacts(
             table.y_names[0],
             title,
         )
+
+
+def along_x(x: np.ndarray, x_names: list[str]) -> dict:
+    """Plot along the input when it is 1-d; otherwise in data order (time, for time series)."""
+    return {"along": x[:, 0], "x_label": x_names[0]} if x.shape[1] == 1 else {}
 
 
 def _curves_table(history: dict[str, list[float]]) -> dict[str, list[float]]:

@@ -74,3 +74,35 @@ def _padded_range(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
     low, high = float(np.min(values)), float(np.max(values))
     span = high - low
     return low - pad * span, high + pad * span
+
+
+def prediction_bands(
+    quantities: dict[str, np.ndarray],
+    y: np.ndarray,
+    y_names: list[str],
+    path: Path,
+    title: str = "",
+    along: np.ndarray | None = None,
+    x_label: str = "row of the split (data order)",
+) -> None:
+    """Per output: observed y, predicted mean and mean +- 2 predicted sd, along x or row order."""
+    q = len(y_names)
+    fig, axes = plt.subplots(q, 1, figsize=(8, 2.2 * q + 0.6), sharex=True, squeeze=False)
+    order = np.argsort(along, kind="stable") if along is not None else np.arange(y.shape[0])
+    rows = along[order] if along is not None else order
+    y = y[order]
+    for j, ax in enumerate(axes[:, 0]):
+        mean = quantities[f"mean[{j}]"][order]
+        sd = np.sqrt(np.maximum(quantities[f"cov[{j},{j}]"][order], 0.0))
+        ax.fill_between(
+            rows, mean - 2 * sd, mean + 2 * sd, color="tab:blue", alpha=0.25, label="mean +- 2 sd"
+        )
+        ax.plot(rows, mean, color="tab:blue", lw=1, label="predicted mean")
+        ax.scatter(rows, y[:, j], s=4, color="black", label="observed")
+        ax.set_ylabel(y_names[j])
+    axes[0, 0].set_title(title)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=3)
+    axes[-1, 0].set_xlabel(x_label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
