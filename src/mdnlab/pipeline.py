@@ -32,7 +32,7 @@ from mdnlab.families import family_class
 from mdnlab.module import MDNModule
 from mdnlab.polish import lbfgs_polish, max_abs_grad
 from mdnlab.predictions import DEFAULT_POINTS, predictions_frame, read_points
-from mdnlab.progress import say
+from mdnlab.progress import say, warn
 from mdnlab.sweep import active_sweep, experiment_name
 from mdnlab.training import TrainerSettings, fit_adam
 
@@ -233,8 +233,8 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
         metrics["train/polish_iterations"] = result.iterations
         grad_max = result.grad_max
         if not result.converged:
-            say(
-                f"{label}warning: the L-BFGS polish stopped at max|grad| {grad_max:.2e} > "
+            warn(
+                f"{label}the L-BFGS polish stopped at max|grad| {grad_max:.2e} > "
                 f"train.polish_tol {cfg.train.polish_tol:g}; standard errors assume a converged fit"
             )
     else:

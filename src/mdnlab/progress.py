@@ -34,3 +34,8 @@ class Ticker:
             self._last = now
             return True
         return False
+
+
+def warn(message: str) -> None:
+    """A warning a person must see: printed even when ``CI`` is set."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from mdnlab.progress import quiet
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Opens experiments on MLflow's model-training view rather than its GenAI overview.
@@ -65,6 +68,9 @@ def store_lock(uri: str):
 
 def prepare_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
     """Create the store if needed and get or create the experiment; returns its id."""
+    if quiet():
+        for logger in ("mlflow", "alembic"):
+            logging.getLogger(logger).setLevel(logging.WARNING)
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)
