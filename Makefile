@@ -30,7 +30,7 @@ data: setup
 
 pipeline: data
 	dvc repro
-	dvc metrics show
+	dvc metrics show --precision 8
 
 test: setup
 	python -m pytest

@@ -64,9 +64,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     table, splits = load_data(cfg)
     data = SplitTensors.from_table(table, splits)
     module = build_module(cfg, table, data)
+    label = f"[{run_name(cfg)}] "
     threads = configure_threads(cfg.get("threads", "auto"), data.size("train") * n_weights(module))
     x_points = prediction_points(cfg, table, data)
-    label = f"[{run_name(cfg)}] "
+    if data.size("train") < n_weights(module):
+        warn(
+            f"{label}{data.size('train')} training rows for {n_weights(module)} weights: the "
+            "maximum-likelihood estimate is far from identified; consider a smaller model"
+        )
     say(
         f"{label}{table.source}: {table.n_rows} rows -> train {data.size('train')}, "
         f"val {data.size('val')}, test {data.size('test')}; {n_weights(module)} weights; "
@@ -209,6 +214,9 @@ def run_tags(cfg: DictConfig, table: Table) -> dict[str, str]:
 
 
 # --- training and evaluation -----------------------------------------------------------------
+POLISH_VAL_RISE = 0.1  # nats per sample: a rise in val/nll over the polish worth a warning
+
+
 def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, label: str):
     t = cfg.trainer
     train_loader = batch_loader(
@@ -226,6 +234,9 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
         return module.nll(data.x["train"], data.y["train"])
 
     params = [p for p in module.parameters() if p.requires_grad]
+    if data.size("val"):
+        with torch.no_grad():
+            metrics["val/nll_before_polish"] = float(module.nll(data.x["val"], data.y["val"]))
     if cfg.train.polish:
         result = lbfgs_polish(
             train_loss, params, float(cfg.train.polish_tol), int(cfg.train.polish_max_iter), label
@@ -248,6 +259,12 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
                 if not np.isfinite(value):
                     raise TrainingError(f"{split}/nll is {value} at the final weights")
                 metrics[f"{split}/nll"] = value
+    before = metrics.get("val/nll_before_polish")
+    if cfg.train.polish and before is not None and metrics["val/nll"] > before + POLISH_VAL_RISE:
+        warn(
+            f"{label}the polish raised val/nll from {before:.4f} to {metrics['val/nll']:.4f}: "
+            "the training-set MLE of this network overfits; consider a smaller model"
+        )
     if cfg.data.get("eval_path"):
         x_eval, y_eval, log_p = load_eval_sample(
             cfg.data.eval_path, table.x.shape[1], table.y.shape[1:]

@@ -68,4 +68,6 @@ def lbfgs_polish(
         if loss >= before and grad_max > tol:
             break  # the line search can make no more progress at this precision
     optimizer.zero_grad(set_to_none=True)
+    state = "converged" if grad_max <= tol else "stopped"
+    say(f"{label}polish {state}: {iterations} iterations, NLL {loss:.6f}, max|grad| {grad_max:.2e}")
     return PolishResult(loss, grad_max, iterations, grad_max <= tol)

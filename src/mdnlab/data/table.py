@@ -37,7 +37,10 @@ def read_table(path: str | Path, x_cols=None, y_cols=None, min_rows: int = 10) -
     """Read and check a dataset; ``x_cols``/``y_cols`` are required for CSV files."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data.path: no file at {path} (expected a .csv or .npz file)")
+        hint = ""
+        if path.parts[:1] == ("data",):
+            hint = "; the datasets under data/ are made by the pipeline: run `make pipeline` first"
+        raise DataError(f"data.path: no file at {path} (expected a .csv or .npz file){hint}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         table = _read_csv(path, x_cols, y_cols)
@@ -65,7 +68,7 @@ def check_not_constant(values: np.ndarray, names: list[str], source: str, role: 
         column = values[:, j]
         if np.all(column == column[0]):
             raise DataError(
-                f"{source}: {role} column {name!r} is constant (every row is {column[0]!r}); "
+                f"{source}: {role} column {name!r} is constant (every row is {float(column[0]):g}); "
                 f"it carries no information and cannot be standardised: drop it"
             )
 
@@ -165,7 +168,8 @@ def numeric_column(frame: pd.DataFrame, col: str, source: str) -> np.ndarray:
         row = int(bad[0])
         raise DataError(
             f"{source}: column {col!r}, {row_text(row, source)}: value {series.iloc[row]!r} is "
-            f"not a finite number ({bad.size} such rows); expected a finite number"
+            f"not a finite number ({bad.size} such row{'s' if bad.size > 1 else ''} in all); "
+            "expected a finite number"
         )
     return values
 
