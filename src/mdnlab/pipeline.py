@@ -262,8 +262,9 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
     before = metrics.get("val/nll_before_polish")
     if cfg.train.polish and before is not None and metrics["val/nll"] > before + POLISH_VAL_RISE:
         warn(
-            f"{label}the polish raised val/nll from {before:.4f} to {metrics['val/nll']:.4f}: "
-            "the training-set MLE of this network overfits; consider a smaller model"
+            f"{label}the polish raised val/nll from {before:.4f} to {metrics['val/nll']:.4f}: the "
+            "training-split MLE fits the validation rows worse than the early-stopped weights "
+            "(a flexible network on little data, or heavy tails); consider a smaller model"
         )
     if cfg.data.get("eval_path"):
         x_eval, y_eval, log_p = load_eval_sample(
