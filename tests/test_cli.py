@@ -44,6 +44,7 @@ def test_single_run_logs_metrics_params_tags_and_artifacts(tmp_path, tiny_csv):
     assert run.data.params["model.n_components"] == "2"
     assert run.data.params["trainer.max_epochs"] == "40"
     tags = run.data.tags
+    assert tags["inference.path"] == "dense"
     assert tags["family"] == "gaussian" and tags["dataset"] == "file"
     assert tags["data_md5"] == hashlib.md5(tiny_csv.read_bytes()).hexdigest()
     assert tags["git_commit"]
@@ -56,6 +57,8 @@ def test_single_run_logs_metrics_params_tags_and_artifacts(tmp_path, tiny_csv):
         "plots/training_curves.png",
         "plots/conditional_density.png",
         "inference/predictions.csv",
+        "inference/parameters.csv",
+        "plots/hessian_spectrum.png",
     ]:
         assert (local / path).is_file(), path
 

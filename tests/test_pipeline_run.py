@@ -86,7 +86,16 @@ def test_inference_points_file_sets_the_prediction_rows(tmp_path, tiny_csv):
     assert sorted(frame.point.unique()) == [0, 1, 2]
     assert len(frame) == 3 * 2  # mean[0] and cov[0,0] at each point
     assert (frame[frame.quantity == "cov[0,0]"].estimate > 0).all()
-    assert np.isnan(frame.se_hessian).all() and np.isnan(frame.se_sandwich).all()
+    # Filled by the inference step: finite, positive standard errors for every quantity.
+    assert (frame.se_hessian > 0).all() and (frame.se_sandwich > 0).all()
+    metrics = logged_metrics(tmp_path)
+    for name in ["inference/grad_norm", "inference/n_null_eigs", "inference/condition_number"]:
+        assert np.isfinite(metrics[name]), name
+    parameters = pd.read_csv(
+        client.download_artifacts(run_.info.run_id, "inference/parameters.csv", str(tmp_path))
+    )
+    assert list(parameters.columns) == ["name", "estimate", "se_hessian", "se_sandwich", "identified"]
+    assert parameters.loc[~parameters.identified, "se_hessian"].isna().all()
 
     bad = tmp_path / "bad_points.csv"
     pd.DataFrame({"z": [0.0]}).to_csv(bad, index=False)

@@ -29,6 +29,7 @@ from mdnlab.data.table import Table, read_table
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
 from mdnlab.errors import ConfigError, TrainingError
 from mdnlab.families import family_class
+from mdnlab.inference.step import InferenceResult, run_inference
 from mdnlab.module import MDNModule
 from mdnlab.polish import lbfgs_polish, max_abs_grad
 from mdnlab.predictions import DEFAULT_POINTS, predictions_frame, read_points
@@ -94,8 +95,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         log.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         metrics, history = train_and_evaluate(cfg, module, data, table, artifacts, label)
+        inference = infer(cfg, module, data, x_points, label)
+        if inference is not None:
+            metrics.update(inference.metrics)
+            log.set_tags({"inference.path": inference.path})
         metrics["run/seconds"] = time.perf_counter() - started
-        write_artifacts(cfg, module, table, data, artifacts, history, metrics, x_points)
+        write_artifacts(cfg, module, table, data, artifacts, history, metrics, x_points, inference)
         log.log_metrics(metrics)
         for name, values in history.items():
             log.log_curve(name, values)
@@ -280,6 +285,40 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
     return metrics, module.epoch_history
 
 
+# --- inference -------------------------------------------------------------------------------
+def infer(
+    cfg, module, data: SplitTensors, x_points: np.ndarray, label: str
+) -> InferenceResult | None:
+    """Standard errors at the fitted weights (dense path), or None when switched off."""
+    settings = cfg.inference
+    if not settings.get("enabled", True):
+        return None
+    n_params = n_weights(module) if settings.params == "all" else None
+    if n_params is not None and n_params > int(settings.dense_max_params):
+        warn(
+            f"{label}{n_params} weights > inference.dense_max_params "
+            f"{settings.dense_max_params}: the matrix-free path is not built yet; no standard errors"
+        )
+        return None
+    say(f"{label}inference: Hessian and scores on {data.size('train')} training rows")
+    result = run_inference(
+        module,
+        data.x["train"],
+        data.y["train"],
+        x_points,
+        params=str(settings.params),
+        eig_rtol=float(settings.eig_rtol),
+        chunk=int(settings.chunk),
+    )
+    grad_norm = result.metrics["inference/grad_norm"]
+    if grad_norm > float(settings.grad_tol):
+        warn(
+            f"{label}max|grad| {grad_norm:.2e} > inference.grad_tol {settings.grad_tol:g}: the fit "
+            "is not at an optimum, so the standard errors' asymptotic theory does not apply"
+        )
+    return result
+
+
 # --- artifacts -------------------------------------------------------------------------------
 def prediction_points(cfg: DictConfig, table: Table, data: SplitTensors) -> np.ndarray:
     """``inference.points`` (checked before any run starts), else the first 100 test rows."""
@@ -291,7 +330,15 @@ def prediction_points(cfg: DictConfig, table: Table, data: SplitTensors) -> np.n
 
 
 def write_artifacts(
-    cfg, module, table: Table, data: SplitTensors, artifacts: Path, history, metrics, x_points
+    cfg,
+    module,
+    table: Table,
+    data: SplitTensors,
+    artifacts: Path,
+    history,
+    metrics,
+    x_points,
+    inference: InferenceResult | None,
 ):
     (artifacts / "plots").mkdir(parents=True, exist_ok=True)
     (artifacts / "inference").mkdir(parents=True, exist_ok=True)
@@ -305,9 +352,18 @@ def write_artifacts(
         }
         (artifacts / "data" / "encoding.json").write_text(json.dumps(encoding, indent=2) + "\n")
 
-    predictions_frame(module, x_points).to_csv(
-        artifacts / "inference" / "predictions.csv", index=False
+    if inference is not None:
+        inference.parameters.to_csv(artifacts / "inference" / "parameters.csv", index=False)
+        plots.eigen_spectrum(
+            inference.eigenvalues,
+            float(cfg.inference.eig_rtol),
+            artifacts / "plots" / "hessian_spectrum.png",
+            run_name(cfg),
+        )
+    predictions = (
+        inference.predictions if inference is not None else predictions_frame(module, x_points)
     )
+    predictions.to_csv(artifacts / "inference" / "predictions.csv", index=False)
 
     title = run_name(cfg)
     plots.training_curves(history, artifacts / "plots" / "training_curves.png", title)

@@ -106,3 +106,35 @@ def prediction_bands(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def eigen_spectrum(eigenvalues: np.ndarray, rtol: float, path: Path, title: str = "") -> None:
+    """|eigenvalues| of A on a log scale, negative ones marked, with the retention threshold."""
+    values = np.sort(eigenvalues)[::-1]
+    index = np.arange(1, values.size + 1)
+    floor = 1e-20 * max(
+        float(np.max(np.abs(values))), np.finfo(float).tiny
+    )  # exact zeros drawn here
+    fig, ax = plt.subplots(figsize=(6, 4))
+    positive = values > 0
+    ax.semilogy(index[positive], np.maximum(values[positive], floor), ".", label="positive")
+    ax.semilogy(
+        index[~positive],
+        np.maximum(-values[~positive], floor),
+        "x",
+        color="tab:red",
+        label="negative (|value|)",
+    )
+    ax.axhline(
+        rtol * np.max(np.abs(values)),
+        color="grey",
+        ls="--",
+        label=f"retained above {rtol:g} x largest",
+    )
+    ax.set_xlabel("eigenvalue rank")
+    ax.set_ylabel("|eigenvalue| of A (Hessian of mean NLL)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,51 @@
+"""A (Hessian of the mean NLL) and B (mean outer product of per-sample scores) at theta.
+
+Both are float64 P x P matrices built in data chunks, so memory stays at a few P x P
+matrices plus one chunk's worth of per-sample gradients (``chunk`` x P), never n x P at once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad, vmap
+
+from mdnlab.inference.functional import FlatModel
+
+
+def hessian_mean_nll(
+    flat: FlatModel, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048
+) -> torch.Tensor:
+    """A = -(1/n) sum_i d^2 log q(y_i|x_i) / d theta^2: one gradient with ``create_graph``
+    per data chunk, then one double-backward per row of A."""
+    theta = flat.theta.detach().requires_grad_(True)
+    n, p = x.shape[0], theta.numel()
+    hessian = torch.zeros(p, p, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        nll = -flat.log_prob(theta, x[start : start + chunk], y[start : start + chunk]).sum()
+        (gradient,) = torch.autograd.grad(nll, theta, create_graph=True)
+        for row in range(p):
+            (second,) = torch.autograd.grad(gradient[row], theta, retain_graph=row < p - 1)
+            hessian[row] += second
+    hessian /= n
+    return (hessian + hessian.T) / 2  # exact symmetry; rounding differs between rows
+
+
+def per_sample_scores(flat: FlatModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n, P) gradients of log q(y_i|x_i) with respect to theta."""
+
+    def one(theta, xi, yi):
+        return flat.log_prob(theta, xi[None], yi[None])[0]
+
+    return vmap(grad(one), in_dims=(None, 0, 0))(flat.theta.detach(), x, y)
+
+
+def score_outer_product(
+    flat: FlatModel, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048
+) -> torch.Tensor:
+    """B = (1/n) sum_i s_i s_i' with s_i the per-sample score, accumulated in chunks."""
+    p = flat.n_params
+    outer = torch.zeros(p, p, dtype=torch.float64)
+    for start in range(0, x.shape[0], chunk):
+        scores = per_sample_scores(flat, x[start : start + chunk], y[start : start + chunk])
+        outer.addmm_(scores.T, scores)
+    return outer / x.shape[0]

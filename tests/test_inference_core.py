@@ -1,0 +1,136 @@
+"""Inference core against independent references: finite differences and closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mdnlab.inference.covariance import Curvature
+from mdnlab.inference.curvature import hessian_mean_nll, per_sample_scores, score_outer_product
+from mdnlab.inference.delta import quantity_jacobian
+from mdnlab.inference.functional import FlatModel
+from mdnlab.module import MDNModule
+from mdnlab.polish import lbfgs_polish
+
+torch.set_num_threads(1)
+
+
+def small_model(seed=0, q=2, hidden=(3,), k=2):
+    torch.manual_seed(seed)
+    module = MDNModule(in_dim=1, event_shape=[q], n_components=k, hidden_sizes=list(hidden))
+    x = torch.randn(40, 1, dtype=torch.float64)
+    y = torch.randn(40, q, dtype=torch.float64) * 2 + 1
+    module.x_scaler.fit(x)
+    module.y_scaler.fit(y)
+    return module, x, y
+
+
+def mean_nll(flat, theta, x, y):
+    return float(-flat.log_prob(theta, x, y).mean())
+
+
+@pytest.mark.parametrize("params", ["all", "head"])
+def test_hessian_matches_finite_differences_of_the_loss(params):
+    module, x, y = small_model()
+    flat = FlatModel(module, params)
+    a = hessian_mean_nll(flat, x, y, chunk=13).numpy()
+    theta, h = flat.theta.clone(), 1e-4
+    p = theta.numel()
+    fd = np.zeros((p, p))
+    eye = torch.eye(p, dtype=torch.float64) * h
+    f0 = mean_nll(flat, theta, x, y)
+    for i in range(p):
+        for j in range(i, p):
+            fpp = mean_nll(flat, theta + eye[i] + eye[j], x, y)
+            fpm = mean_nll(flat, theta + eye[i] - eye[j], x, y)
+            fmp = mean_nll(flat, theta - eye[i] + eye[j], x, y)
+            fmm = mean_nll(flat, theta - eye[i] - eye[j], x, y)
+            fd[i, j] = fd[j, i] = (fpp - fpm - fmp + fmm) / (4 * h * h)
+    assert f0 == pytest.approx(float(module.nll(x, y).detach()), rel=1e-14)
+    np.testing.assert_allclose(a, fd, atol=2e-5 * max(1.0, np.abs(fd).max()))
+
+
+def test_scores_match_per_sample_finite_differences_and_b_is_their_mean_outer_product():
+    module, x, y = small_model(seed=1)
+    flat = FlatModel(module)
+    scores = per_sample_scores(flat, x, y).numpy()
+    theta, h = flat.theta.clone(), 1e-6
+    fd = np.zeros_like(scores)
+    for j in range(theta.numel()):
+        step = torch.zeros_like(theta)
+        step[j] = h
+        fd[:, j] = (
+            ((flat.log_prob(theta + step, x, y) - flat.log_prob(theta - step, x, y)) / (2 * h))
+            .detach()
+            .numpy()
+        )
+    np.testing.assert_allclose(scores, fd, rtol=1e-6, atol=1e-7)
+    b = score_outer_product(flat, x, y, chunk=7).numpy()
+    np.testing.assert_allclose(b, fd.T @ fd / len(x), rtol=1e-6, atol=1e-8)
+
+
+def test_quantity_gradients_match_finite_differences():
+    module, x, _ = small_model(seed=2)
+    flat = FlatModel(module)
+    names, values, jac = quantity_jacobian(flat, x[:5])
+    assert names == ["mean[0]", "mean[1]", "cov[0,0]", "cov[1,0]", "cov[1,1]"]
+    with torch.no_grad():
+        direct = module.quantities(x[:5])
+    np.testing.assert_allclose(
+        values.numpy(), torch.stack([direct[n] for n in names], 1).numpy(), rtol=1e-12
+    )
+    theta, h = flat.theta.clone(), 1e-6
+    for j in range(0, theta.numel(), 5):
+        step = torch.zeros_like(theta)
+        step[j] = h
+        up = torch.stack([flat.quantities(theta + step, x[:5])[n] for n in names], 1).reshape(-1)
+        down = torch.stack([flat.quantities(theta - step, x[:5])[n] for n in names], 1).reshape(-1)
+        np.testing.assert_allclose(
+            jac[:, j].numpy(), ((up - down) / (2 * h)).detach().numpy(), rtol=1e-5, atol=1e-7
+        )
+
+
+def test_saturated_design_gives_the_closed_form_standard_errors():
+    """x with 3 levels, K = 1, one tanh hidden layer big enough to fit each level: at the MLE the
+    predicted mean and variance at a level are its sample mean and (1/n) variance, and the
+    delta-method SEs are the textbook ones, though A is singular (14 weights, 6 identified)."""
+    rng = np.random.default_rng(3)
+    levels = np.array([-1.0, 0.0, 1.0])
+    counts = np.array([60, 90, 120])
+    x = np.repeat(levels, counts)[:, None]
+    y = np.concatenate(
+        [
+            rng.standard_t(5, size=c) * s + m
+            for c, s, m in zip(counts, [0.5, 1.0, 2.0], [1.0, -1.0, 3.0], strict=True)
+        ]
+    )[:, None]
+    torch.manual_seed(0)
+    module = MDNModule(in_dim=1, event_shape=[1], n_components=1, hidden_sizes=[3])
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    module.x_scaler.fit(xt)
+    module.y_scaler.fit(yt)
+    params = list(module.parameters())
+    result = lbfgs_polish(lambda: module.nll(xt, yt), params, tol=1e-8, max_iter=5000)
+    assert result.converged
+
+    flat = FlatModel(module)
+    a = hessian_mean_nll(flat, xt, yt).numpy()
+    b = score_outer_product(flat, xt, yt).numpy()
+    curvature = Curvature.from_matrices(a, b, n=len(x))
+    assert curvature.n_null > 0  # singular: more weights than identified quantities
+    names, values, jac = quantity_jacobian(flat, torch.tensor(levels[:, None]))
+    se_h, se_s = curvature.standard_errors(jac.numpy())
+    se_h, se_s = se_h.reshape(3, 2), se_s.reshape(3, 2)
+    assert names == ["mean[0]", "cov[0,0]"]
+    for i, level in enumerate(levels):
+        group = y[x[:, 0] == level, 0]
+        n_l, mean, var = len(group), group.mean(), group.var()
+        m4 = np.mean((group - mean) ** 4)
+        np.testing.assert_allclose(values[i].numpy(), [mean, var], rtol=1e-7)
+        np.testing.assert_allclose(
+            se_h[i], [np.sqrt(var / n_l), np.sqrt(2 * var**2 / n_l)], rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            se_s[i], [np.sqrt(var / n_l), np.sqrt((m4 - var**2) / n_l)], rtol=1e-4
+        )
