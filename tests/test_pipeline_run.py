@@ -94,7 +94,13 @@ def test_inference_points_file_sets_the_prediction_rows(tmp_path, tiny_csv):
     parameters = pd.read_csv(
         client.download_artifacts(run_.info.run_id, "inference/parameters.csv", str(tmp_path))
     )
-    assert list(parameters.columns) == ["name", "estimate", "se_hessian", "se_sandwich", "identified"]
+    assert list(parameters.columns) == [
+        "name",
+        "estimate",
+        "se_hessian",
+        "se_sandwich",
+        "identified",
+    ]
     assert parameters.loc[~parameters.identified, "se_hessian"].isna().all()
 
     bad = tmp_path / "bad_points.csv"

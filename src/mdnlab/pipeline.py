@@ -31,7 +31,7 @@ from mdnlab.errors import ConfigError, TrainingError
 from mdnlab.families import family_class
 from mdnlab.inference.step import InferenceResult, run_inference
 from mdnlab.module import MDNModule
-from mdnlab.polish import lbfgs_polish, max_abs_grad
+from mdnlab.polish import max_abs_grad, polish
 from mdnlab.predictions import DEFAULT_POINTS, predictions_frame, read_points
 from mdnlab.progress import say, warn
 from mdnlab.sweep import active_sweep, experiment_name
@@ -243,14 +243,19 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
         with torch.no_grad():
             metrics["val/nll_before_polish"] = float(module.nll(data.x["val"], data.y["val"]))
     if cfg.train.polish:
-        result = lbfgs_polish(
-            train_loss, params, float(cfg.train.polish_tol), int(cfg.train.polish_max_iter), label
+        result = polish(
+            train_loss,
+            params,
+            float(cfg.train.polish_tol),
+            int(cfg.train.polish_max_iter),
+            newton_max_params=int(cfg.train.get("newton_max_params", 300)),
+            label=label,
         )
         metrics["train/polish_iterations"] = result.iterations
         grad_max = result.grad_max
         if not result.converged:
             warn(
-                f"{label}the L-BFGS polish stopped at max|grad| {grad_max:.2e} > "
+                f"{label}the polish stopped at max|grad| {grad_max:.2e} > "
                 f"train.polish_tol {cfg.train.polish_tol:g}; standard errors assume a converged fit"
             )
     else:
