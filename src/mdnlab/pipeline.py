@@ -418,7 +418,7 @@ def write_dvc_outputs(cfg, metrics: dict[str, float], history, artifacts: Path) 
     if cfg.get("metrics_file"):
         path = Path(cfg.metrics_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        stable = {k: v for k, v in metrics.items() if k != "run/seconds"}
+        stable = {k: v for k, v in metrics.items() if not k.endswith("/seconds")}  # timings vary
         path.write_text(json.dumps(stable, indent=2, sort_keys=True) + "\n")
     if cfg.get("plots_dir"):
         target = Path(cfg.plots_dir)
