@@ -59,6 +59,8 @@ def test_single_run_logs_metrics_params_tags_and_artifacts(tmp_path, tiny_csv):
         "inference/predictions.csv",
         "inference/parameters.csv",
         "plots/hessian_spectrum.png",
+        "plots/confidence_bands.png",
+        "inference/bands.csv",
     ]:
         assert (local / path).is_file(), path
 

@@ -314,6 +314,7 @@ def infer(
         params=str(settings.params),
         eig_rtol=float(settings.eig_rtol),
         chunk=int(settings.chunk),
+        x_grid=x_grid(data.x["train"].numpy()),
     )
     grad_norm = result.metrics["inference/grad_norm"]
     if grad_norm > float(settings.grad_tol):
@@ -322,6 +323,13 @@ def infer(
             "is not at an optimum, so the standard errors' asymptotic theory does not apply"
         )
     return result
+
+
+def x_grid(x_train: np.ndarray, size: int = 100) -> np.ndarray | None:
+    """An even grid over the training range of a 1-d x, for the band plot; None otherwise."""
+    if x_train.shape[1] != 1:
+        return None
+    return np.linspace(x_train.min(), x_train.max(), size)[:, None]
 
 
 # --- artifacts -------------------------------------------------------------------------------
@@ -365,6 +373,17 @@ def write_artifacts(
             artifacts / "plots" / "hessian_spectrum.png",
             run_name(cfg),
         )
+        if inference.grid is not None and table.y.ndim == 2:
+            inference.grid.to_csv(artifacts / "inference" / "bands.csv", index=False)
+            plots.confidence_bands(
+                inference.grid,
+                data.x["train"].numpy(),
+                data.y["train"].numpy(),
+                table.x_names[0],
+                table.y_names,
+                artifacts / "plots" / "confidence_bands.png",
+                f"{run_name(cfg)}: 95% delta-method bands for the mean",
+            )
     predictions = (
         inference.predictions if inference is not None else predictions_frame(module, x_points)
     )

@@ -138,3 +138,29 @@ def eigen_spectrum(eigenvalues: np.ndarray, rtol: float, path: Path, title: str 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def confidence_bands(
+    grid, x: np.ndarray, y: np.ndarray, x_name: str, y_names: list[str], path: Path, title: str = ""
+) -> None:
+    """Predicted mean of each output along a 1-d x with 95% delta-method bands (both SEs)."""
+    q = len(y_names)
+    fig, axes = plt.subplots(q, 1, figsize=(7, 2.6 * q + 0.6), sharex=True, squeeze=False)
+    for j, ax in enumerate(axes[:, 0]):
+        rows = grid[grid.quantity == f"mean[{j}]"].sort_values("x")
+        xs, mean = rows.x.to_numpy(), rows.estimate.to_numpy()
+        ax.scatter(x[:, 0], y[:, j], s=4, color="lightgrey", label="training data")
+        for column, color, label in (
+            ("se_sandwich", "tab:orange", "95% sandwich"),
+            ("se_hessian", "tab:blue", "95% inverse Hessian"),
+        ):
+            half = 1.96 * rows[column].to_numpy()
+            ax.fill_between(xs, mean - half, mean + half, color=color, alpha=0.3, label=label)
+        ax.plot(xs, mean, color="black", lw=1, label="predicted mean")
+        ax.set_ylabel(y_names[j])
+    axes[0, 0].set_title(title)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=2)
+    axes[-1, 0].set_xlabel(x_name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -23,6 +23,7 @@ class InferenceResult:
     eigenvalues: np.ndarray
     metrics: dict[str, float] = field(default_factory=dict)
     path: str = "dense"
+    grid: pd.DataFrame | None = None  # predictions with SEs along a grid of a 1-d x
 
 
 def run_inference(
@@ -33,6 +34,7 @@ def run_inference(
     params: str = "all",
     eig_rtol: float = 1e-8,
     chunk: int = 2048,
+    x_grid: np.ndarray | None = None,
 ) -> InferenceResult:
     """Dense path: forms A and B (P x P, float64) on the training split at the fitted weights."""
     started = time.perf_counter()
@@ -56,12 +58,28 @@ def run_inference(
         }
     )
 
-    names, values, jacobian = quantity_jacobian(
-        flat, torch.as_tensor(x_points, dtype=torch.float64)
-    )
+    predictions = predictions_with_se(flat, curvature, x_points)
+    grid = None
+    if x_grid is not None:
+        grid = predictions_with_se(flat, curvature, x_grid)
+        grid.insert(1, "x", x_grid[grid.point.to_numpy(), 0])
+    metrics = {
+        "inference/grad_norm": float(gradient.abs().max()),
+        "inference/n_params": float(flat.n_params),
+        "inference/n_null_eigs": float(curvature.n_null),
+        "inference/n_negative_eigs": float(curvature.n_negative),
+        "inference/condition_number": curvature.condition_number,
+        "inference/seconds": time.perf_counter() - started,
+    }
+    return InferenceResult(predictions, parameters, curvature.eigenvalues, metrics, grid=grid)
+
+
+def predictions_with_se(flat: FlatModel, curvature: Curvature, x: np.ndarray) -> pd.DataFrame:
+    """Long form (point, quantity, estimate, se_hessian, se_sandwich) by the delta method."""
+    names, values, jacobian = quantity_jacobian(flat, torch.as_tensor(x, dtype=torch.float64))
     se_h, se_s = curvature.standard_errors(jacobian.numpy())
-    m = x_points.shape[0]
-    predictions = pd.DataFrame(
+    m = x.shape[0]
+    return pd.DataFrame(
         {
             "point": np.repeat(np.arange(m), len(names)),
             "quantity": np.tile(names, m),
@@ -71,12 +89,3 @@ def run_inference(
         },
         columns=COLUMNS,
     )
-    metrics = {
-        "inference/grad_norm": float(gradient.abs().max()),
-        "inference/n_params": float(flat.n_params),
-        "inference/n_null_eigs": float(curvature.n_null),
-        "inference/n_negative_eigs": float(curvature.n_negative),
-        "inference/condition_number": curvature.condition_number,
-        "inference/seconds": time.perf_counter() - started,
-    }
-    return InferenceResult(predictions, parameters, curvature.eigenvalues, metrics)
