@@ -44,6 +44,7 @@ lint: setup
 
 bench: setup
 	python benchmarks/train_overhead.py
+	python benchmarks/inference.py
 
 clean:
 	rm -rf outputs multirun metrics plots data/synthetic data/real
