@@ -49,20 +49,24 @@ def read_points(path: str | Path, table: Table, x_cols: list[str]) -> np.ndarray
     return x
 
 
-@torch.no_grad()
-def predictions_frame(module, x_points: np.ndarray) -> pd.DataFrame:
-    """Long form: one row per (point, quantity); standard errors NaN until inference fills them."""
-    values = module.quantities(torch.as_tensor(x_points, dtype=torch.float64))
-    names = list(values)
-    estimates = torch.stack([values[name] for name in names], dim=1).numpy()  # (m, n_quantities)
-    m = x_points.shape[0]
+def long_form(names: list[str], estimates: np.ndarray, se_hessian=np.nan, se_sandwich=np.nan):
+    """One row per (point, quantity); ``estimates`` is (points, quantities), SEs flat or NaN."""
+    m = estimates.shape[0]
     return pd.DataFrame(
         {
             "point": np.repeat(np.arange(m), len(names)),
             "quantity": np.tile(names, m),
             "estimate": estimates.reshape(-1),
-            "se_hessian": np.nan,
-            "se_sandwich": np.nan,
+            "se_hessian": se_hessian,
+            "se_sandwich": se_sandwich,
         },
         columns=COLUMNS,
     )
+
+
+@torch.no_grad()
+def predictions_frame(module, x_points: np.ndarray) -> pd.DataFrame:
+    """Predicted quantities without standard errors (when the inference step is off)."""
+    values = module.quantities(torch.as_tensor(x_points, dtype=torch.float64))
+    names = list(values)
+    return long_form(names, torch.stack([values[name] for name in names], dim=1).numpy())

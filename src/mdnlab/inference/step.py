@@ -13,7 +13,7 @@ from mdnlab.inference.covariance import Curvature
 from mdnlab.inference.curvature import hessian_mean_nll, score_outer_product
 from mdnlab.inference.delta import quantity_jacobian
 from mdnlab.inference.functional import FlatModel
-from mdnlab.predictions import COLUMNS
+from mdnlab.predictions import long_form
 
 
 @dataclass
@@ -75,17 +75,7 @@ def run_inference(
 
 
 def predictions_with_se(flat: FlatModel, curvature: Curvature, x: np.ndarray) -> pd.DataFrame:
-    """Long form (point, quantity, estimate, se_hessian, se_sandwich) by the delta method."""
+    """Predicted quantities with both delta-method standard errors, in long form."""
     names, values, jacobian = quantity_jacobian(flat, torch.as_tensor(x, dtype=torch.float64))
     se_h, se_s = curvature.standard_errors(jacobian.numpy())
-    m = x.shape[0]
-    return pd.DataFrame(
-        {
-            "point": np.repeat(np.arange(m), len(names)),
-            "quantity": np.tile(names, m),
-            "estimate": values.numpy().reshape(-1),
-            "se_hessian": se_h,
-            "se_sandwich": se_s,
-        },
-        columns=COLUMNS,
-    )
+    return long_form(names, values.numpy(), se_h, se_s)
