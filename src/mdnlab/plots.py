@@ -100,12 +100,7 @@ def prediction_bands(
         ax.plot(rows, mean, color="tab:blue", lw=1, label="predicted mean")
         ax.scatter(rows, y[:, j], s=4, color="black", label="observed")
         ax.set_ylabel(y_names[j])
-    axes[0, 0].set_title(title)
-    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=3)
-    axes[-1, 0].set_xlabel(x_label)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_stack(fig, axes, title, x_label, path, legend_columns=3)
 
 
 def eigen_spectrum(eigenvalues: np.ndarray, rtol: float, path: Path, title: str = "") -> None:
@@ -158,9 +153,14 @@ def confidence_bands(
             ax.fill_between(xs, mean - half, mean + half, color=color, alpha=0.3, label=label)
         ax.plot(xs, mean, color="black", lw=1, label="predicted mean")
         ax.set_ylabel(y_names[j])
+    _finish_stack(fig, axes, title, x_name, path, legend_columns=2)
+
+
+def _finish_stack(fig, axes, title: str, x_label: str, path: Path, legend_columns: int) -> None:
+    """Title and legend on the top panel, x label on the bottom one; save and close."""
     axes[0, 0].set_title(title)
-    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=2)
-    axes[-1, 0].set_xlabel(x_name)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=legend_columns)
+    axes[-1, 0].set_xlabel(x_label)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mdnlab.inference.curvature import hessian_from_gradient
 from mdnlab.progress import Ticker, say
 
 
@@ -75,14 +76,9 @@ def lbfgs_polish(
 
 def dense_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.nn.Parameter]):
     """Gradient (P,) and Hessian (P, P) of ``loss_fn`` over the flattened ``params``."""
-    loss = loss_fn()
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
     flat = torch.cat([g.reshape(-1) for g in grads])
-    rows = []
-    for i in range(flat.numel()):
-        row = torch.autograd.grad(flat[i], params, retain_graph=i < flat.numel() - 1)
-        rows.append(torch.cat([r.reshape(-1) for r in row]))
-    hessian = torch.stack(rows).detach()
+    hessian = hessian_from_gradient(flat, params).detach()
     return flat.detach(), (hessian + hessian.T) / 2
 
 

@@ -23,11 +23,19 @@ def hessian_mean_nll(
     for start in range(0, n, chunk):
         nll = -flat.log_prob(theta, x[start : start + chunk], y[start : start + chunk]).sum()
         (gradient,) = torch.autograd.grad(nll, theta, create_graph=True)
-        for row in range(p):
-            (second,) = torch.autograd.grad(gradient[row], theta, retain_graph=row < p - 1)
-            hessian[row] += second
+        hessian += hessian_from_gradient(gradient, [theta])
     hessian /= n
     return (hessian + hessian.T) / 2  # exact symmetry; rounding differs between rows
+
+
+def hessian_from_gradient(gradient: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """(P, P): one double-backward per entry of a flat ``gradient`` built with create_graph."""
+    p = gradient.numel()
+    rows = []
+    for i in range(p):
+        row = torch.autograd.grad(gradient[i], inputs, retain_graph=i < p - 1)
+        rows.append(torch.cat([r.reshape(-1) for r in row]))
+    return torch.stack(rows)
 
 
 def per_sample_scores(flat: FlatModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
