@@ -186,12 +186,13 @@ def test_quantities_in_original_units(q, covariance):
         assert value.shape == (raw.shape[0],)
 
 
-def test_check_targets_rejects_matrix_targets():
+def test_prepare_targets_rejects_matrix_targets():
     with pytest.raises(DataError, match="model=wishart") as info:
-        GaussianFamily.check_targets(np.zeros((5, 2, 2)), "data/spd.npz", ["a", "b", "c"])
+        GaussianFamily.prepare_targets(np.zeros((5, 2, 2)), "data/spd.npz", ["a", "b", "c"])
     assert "data/spd.npz" in str(info.value)
     assert "(5, 2, 2)" in str(info.value)
-    GaussianFamily.check_targets(np.zeros((5, 2)), "data/ok.csv", ["a", "b"])  # accepted
+    ok = GaussianFamily.prepare_targets(np.arange(10.0, dtype=np.float32).reshape(5, 2), "data/ok.csv", ["a", "b"])
+    assert ok.shape == (5, 2) and ok.dtype == np.float64
 
 
 def test_bad_options_are_rejected():

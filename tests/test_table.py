@@ -119,17 +119,42 @@ def test_too_few_rows(tmp_path):
     assert read_table(path, ["x1"], ["y1"], min_rows=5).n_rows == 5
 
 
-@pytest.mark.parametrize("role", ["x", "y"])
-def test_constant_column_is_named(tmp_path, role):
+def test_constant_x_column_is_named(tmp_path):
     columns = good_columns()
-    columns[f"{role}2"] = ["2.5"] * N
+    columns["x2"] = ["2.5"] * N
     path = write_csv(tmp_path / "d.csv", columns)
     data_error(
         lambda: read_table(path, ["x1", "x2"], ["y1", "y2"]),
-        f"{role} column '{role}2'",
+        "x column 'x2'",
         "constant",
         str(path),
     )
+
+
+def test_constant_y_column_is_named_by_the_gaussian_family(tmp_path):
+    from mdnlab.families.gaussian import GaussianFamily
+
+    columns = good_columns()
+    columns["y2"] = ["2.5"] * N
+    path = write_csv(tmp_path / "d.csv", columns)
+    table = read_table(path, ["x1", "x2"], ["y1", "y2"])  # a constant y is a family matter
+    data_error(
+        lambda: GaussianFamily.prepare_targets(table.y, table.source, table.y_names),
+        "y column 'y2'",
+        "constant",
+        str(path),
+    )
+
+
+def test_text_y_columns_become_sorted_codes_when_asked(tmp_path):
+    columns = good_columns()
+    labels = ["b", "a", "c", "a"] * (N // 4)
+    columns["y2"] = labels
+    path = write_csv(tmp_path / "d.csv", columns)
+    table = read_table(path, ["x1", "x2"], ["y1", "y2"], text_y=True)
+    assert table.y_levels == {"y2": ["a", "b", "c"]}
+    np.testing.assert_array_equal(table.y[:, 1], [{"a": 0, "b": 1, "c": 2}[v] for v in labels])
+    data_error(lambda: read_table(path, ["x1", "x2"], ["y1", "y2"]), "column 'y2'", "finite number")
 
 
 def test_text_x_column_is_one_hot_with_first_sorted_level_as_reference(tmp_path):

@@ -27,7 +27,7 @@ from mdnlab.data.loaders import batch_loader
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
-from mdnlab.errors import ConfigError, TrainingError
+from mdnlab.errors import ConfigError, DataError, TrainingError
 from mdnlab.families import family_class
 from mdnlab.inference.step import InferenceResult, run_inference
 from mdnlab.module import MDNModule
@@ -158,8 +158,15 @@ def output_dir() -> Path:
 
 def load_data(cfg: DictConfig) -> tuple[Table, Splits]:
     d = cfg.data
-    table = read_table(d.path, d.get("x_cols"), d.get("y_cols"), int(d.get("min_rows", 10)))
-    family_class(cfg.model.family).check_targets(table.y, table.source, table.y_names)
+    family = family_class(cfg.model.family)
+    table = read_table(
+        d.path,
+        d.get("x_cols"),
+        d.get("y_cols"),
+        int(d.get("min_rows", 10)),
+        text_y=family.text_targets,
+    )
+    table.y = family.prepare_targets(table.y, table.source, table.y_names)
     splits = split_rows(
         table.n_rows,
         float(d.val_fraction),
@@ -167,11 +174,14 @@ def load_data(cfg: DictConfig) -> tuple[Table, Splits]:
         d.get("split", "random"),
         int(cfg.seed),
         table.source,
+        strata=family.strata(table.y),
     )
     return table, splits
 
 
 def build_module(cfg: DictConfig, table: Table, data: SplitTensors) -> MDNModule:
+    family = family_class(cfg.model.family)
+    from_data = family.options_from_data(table.y, table.y_names, table.y_levels, table.source)
     try:
         module = instantiate(
             cfg.model,
@@ -180,10 +190,13 @@ def build_module(cfg: DictConfig, table: Table, data: SplitTensors) -> MDNModule
             event_shape=list(table.y.shape[1:]),
             lr=float(cfg.trainer.lr),
             weight_decay=float(cfg.trainer.weight_decay),
+            **{k: v for k, v in from_data.items() if cfg.model.get(k) is None},
         )
     except Exception as err:  # Hydra wraps constructor errors; surface ours unwrapped
         cause = err.__cause__ or err
-        if isinstance(cause, (ConfigError, ValueError, TypeError)):
+        if isinstance(cause, (ConfigError, DataError)):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(f"model: {cause}") from None
         raise
     module.x_scaler.fit(data.x["train"])

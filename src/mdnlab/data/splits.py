@@ -19,7 +19,13 @@ class Splits:
 
 
 def split_rows(
-    n_rows: int, val_fraction: float, test_fraction: float, kind: str, seed: int, source: str = ""
+    n_rows: int,
+    val_fraction: float,
+    test_fraction: float,
+    kind: str,
+    seed: int,
+    source: str = "",
+    strata: np.ndarray | None = None,
 ) -> Splits:
     """Random splits shuffle with ``seed``; chronological ones keep order: train, val, test."""
     for name, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):

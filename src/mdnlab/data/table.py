@@ -27,14 +27,22 @@ class Table:
     source: str
     # For each text-valued x column: its levels; the first is the reference (no indicator).
     encodings: dict[str, list[str]] = field(default_factory=dict)
+    # For each text-valued y column (discrete families only): its levels; y holds 0-based codes.
+    y_levels: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def n_rows(self) -> int:
         return self.x.shape[0]
 
 
-def read_table(path: str | Path, x_cols=None, y_cols=None, min_rows: int = 10) -> Table:
-    """Read and check a dataset; ``x_cols``/``y_cols`` are required for CSV files."""
+def read_table(
+    path: str | Path, x_cols=None, y_cols=None, min_rows: int = 10, text_y: bool = False
+) -> Table:
+    """Read and check a dataset; ``x_cols``/``y_cols`` are required for CSV files.
+
+    With ``text_y`` (discrete families), text-valued y columns become 0-based class codes in
+    the sorted order of their levels, kept in ``Table.y_levels``.
+    """
     path = Path(path)
     if not path.is_file():
         hint = ""
@@ -43,15 +51,13 @@ def read_table(path: str | Path, x_cols=None, y_cols=None, min_rows: int = 10) -
         raise DataError(f"data.path: no file at {path} (expected a .csv or .npz file){hint}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        table = _read_csv(path, x_cols, y_cols)
+        table = _read_csv(path, x_cols, y_cols, text_y)
     elif suffix == ".npz":
         table = _read_npz(path, x_cols, y_cols)
     else:
         raise DataError(f"data.path: {path} has suffix {suffix!r}; expected .csv or .npz")
     check_row_count(table, min_rows)
     check_not_constant(table.x, table.x_names, table.source, "x")
-    if table.y.ndim == 2:
-        check_not_constant(table.y, table.y_names, table.source, "y")
     return table
 
 
@@ -73,7 +79,7 @@ def check_not_constant(values: np.ndarray, names: list[str], source: str, role: 
             )
 
 
-def _read_csv(path: Path, x_cols, y_cols) -> Table:
+def _read_csv(path: Path, x_cols, y_cols, text_y: bool = False) -> Table:
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -92,8 +98,18 @@ def _read_csv(path: Path, x_cols, y_cols) -> Table:
                 f"its columns are: {', '.join(map(str, frame.columns))}"
             )
     x, x_names, encodings = encode_inputs(frame, list(x_cols), source)
-    y = np.column_stack([numeric_column(frame, c, source) for c in y_cols])
-    return Table(x, y, x_names, list(y_cols), source, encodings)
+    y_levels: dict[str, list[str]] = {}
+    y_blocks = []
+    for col in y_cols:
+        if text_y and is_text(frame[col]):
+            check_no_missing(frame[col], col, source)
+            values = frame[col].astype(str)
+            y_levels[col] = sorted(values.unique())
+            y_blocks.append(pd.Categorical(values, categories=y_levels[col]).codes.astype(np.float64))
+        else:
+            y_blocks.append(numeric_column(frame, col, source))
+    y = np.column_stack(y_blocks)
+    return Table(x, y, x_names, list(y_cols), source, encodings, y_levels)
 
 
 def encode_inputs(

@@ -52,10 +52,35 @@ class Family(ABC):
         Names index 0-based positions in ``data.y_cols`` (or in the matrix): ``mean[0]``.
         """
 
-    @staticmethod
+    @classmethod
     @abstractmethod
-    def check_targets(y: np.ndarray, source: str, columns: list[str]) -> None:
-        """Raise DataError naming ``source``, the column and row when y cannot be modelled."""
+    def prepare_targets(cls, y: np.ndarray, source: str, columns: list[str]) -> np.ndarray:
+        """The targets as read (``(n, q)`` columns or an ``(n, p, p)`` array), checked and
+        reshaped to ``(n, *event_shape)`` float64; a DataError naming ``source``, the column or
+        row and what was expected when they cannot be modelled by this family."""
+
+    # --- optional hooks (defaults suit continuous families) ------------------------------------
+    # Text-valued target columns are encoded as 0-based class codes (sorted levels) when True.
+    text_targets: bool = False
+
+    @classmethod
+    def options_from_data(
+        cls, y: np.ndarray, columns: list[str], y_levels: dict[str, list[str]], source: str
+    ) -> dict:
+        """Constructor options the data decide (e.g. class counts), from the prepared targets
+        of the whole dataset; may raise DataError (a class too rare to split, for instance)."""
+        return {}
+
+    @classmethod
+    def strata(cls, y: np.ndarray) -> np.ndarray | None:
+        """A label per row to stratify random splits on (None: plain random splits)."""
+        return None
+
+    def evaluation_metrics(
+        self, mixture: MixtureSameFamily, y_standardised: torch.Tensor
+    ) -> dict[str, float]:
+        """Metrics beyond the NLL for one split, unprefixed (``accuracy``)."""
+        return {}
 
     # --- the shared path ---------------------------------------------------------------------
     @property

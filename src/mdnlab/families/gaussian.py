@@ -7,6 +7,7 @@ import torch
 from torch.distributions import Independent, MixtureSameFamily, MultivariateNormal, Normal
 from torch.nn.functional import softplus
 
+from mdnlab.data.table import check_not_constant
 from mdnlab.errors import DataError
 from mdnlab.families.base import Family
 from mdnlab.scaling import AffineScaler
@@ -70,13 +71,15 @@ class GaussianFamily(Family):
                 out[f"cov[{i},{j}]"] = cov[:, i, j]
         return out
 
-    @staticmethod
-    def check_targets(y: np.ndarray, source: str, columns: list[str]) -> None:
+    @classmethod
+    def prepare_targets(cls, y: np.ndarray, source: str, columns: list[str]) -> np.ndarray:
         if y.ndim != 2:
             raise DataError(
                 f"{source}: the Gaussian family models vector targets y of shape (n, q); "
                 f"got an array of shape {tuple(y.shape)} (matrix targets need model=wishart)"
             )
+        check_not_constant(y, columns, source, "y")
+        return np.asarray(y, dtype=np.float64)
 
 
 def component_covariance(components) -> torch.Tensor:
