@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mdnlab import plots, tracking
+from mdnlab import plots, run_figures, tracking
 from mdnlab.data.loaders import batch_loader
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics.update(inference.metrics)
             log.set_tags({"inference.path": inference.path})
         metrics["run/seconds"] = time.perf_counter() - started
-        write_artifacts(cfg, module, table, data, artifacts, history, metrics, x_points, inference)
+        write_artifacts(cfg, module, table, splits, artifacts, history, metrics, x_points, inference)
         log.log_metrics(metrics)
         for name, values in history.items():
             log.log_curve(name, values)
@@ -282,6 +282,10 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
                 if not np.isfinite(value):
                     raise TrainingError(f"{split}/nll is {value} at the final weights")
                 metrics[f"{split}/nll"] = value
+                extra = module.family.evaluation_metrics(
+                    module.mixture(data.x[split]), module.y_scaler(data.y[split])
+                )
+                metrics.update({f"{split}/{name}": v for name, v in extra.items()})
     before = metrics.get("val/nll_before_polish")
     if cfg.train.polish and before is not None and metrics["val/nll"] > before + POLISH_VAL_RISE:
         warn(
@@ -359,7 +363,7 @@ def write_artifacts(
     cfg,
     module,
     table: Table,
-    data: SplitTensors,
+    splits: Splits,
     artifacts: Path,
     history,
     metrics,
@@ -377,26 +381,15 @@ def write_artifacts(
             for col, levels in table.encodings.items()
         }
         (artifacts / "data" / "encoding.json").write_text(json.dumps(encoding, indent=2) + "\n")
+    if table.y_levels:
+        (artifacts / "data").mkdir(exist_ok=True)
+        codes = {col: dict(enumerate(levels)) for col, levels in table.y_levels.items()}
+        (artifacts / "data" / "y_encoding.json").write_text(json.dumps(codes, indent=2) + "\n")
 
     if inference is not None:
         inference.parameters.to_csv(artifacts / "inference" / "parameters.csv", index=False)
-        plots.eigen_spectrum(
-            inference.eigenvalues,
-            float(cfg.inference.eig_rtol),
-            artifacts / "plots" / "hessian_spectrum.png",
-            run_name(cfg),
-        )
-        if inference.grid is not None and table.y.ndim == 2:
+        if inference.grid is not None:
             inference.grid.to_csv(artifacts / "inference" / "bands.csv", index=False)
-            plots.confidence_bands(
-                inference.grid,
-                data.x["train"].numpy(),
-                data.y["train"].numpy(),
-                table.x_names[0],
-                table.y_names,
-                artifacts / "plots" / "confidence_bands.png",
-                f"{run_name(cfg)}: 95% delta-method bands for the mean",
-            )
     predictions = (
         inference.predictions if inference is not None else predictions_frame(module, x_points)
     )
@@ -407,33 +400,16 @@ def write_artifacts(
     pd.DataFrame(_curves_table(history)).to_csv(
         artifacts / "plots" / "training_curves.csv", index=False
     )
-    split = "test" if data.size("test") else "train"
-    with torch.no_grad():
-        predicted = {k: v.numpy() for k, v in module.quantities(data.x[split]).items()}
-    if all(f"cov[{j},{j}]" in predicted for j in range(len(table.y_names))):
-        plots.prediction_bands(
-            predicted,
-            data.y[split].numpy(),
-            table.y_names,
-            artifacts / "plots" / "prediction_bands.png",
-            f"{title}: {split} split",
-            **along_x(data.x[split].numpy(), table.x_names),
-        )
-    if table.x.shape[1] == 1 and table.y.ndim == 2 and table.y.shape[1] == 1:
-        plots.conditional_density(
-            module,
-            data.x["train"].numpy(),
-            data.y["train"].numpy(),
-            artifacts / "plots" / "conditional_density.png",
-            table.x_names[0],
-            table.y_names[0],
-            title,
-        )
-
-
-def along_x(x: np.ndarray, x_names: list[str]) -> dict:
-    """Plot along the input when it is 1-d; otherwise in data order (time, for time series)."""
-    return {"along": x[:, 0], "x_label": x_names[0]} if x.shape[1] == 1 else {}
+    run_figures.draw(
+        str(cfg.model.family),
+        module,
+        table,
+        splits,
+        artifacts / "plots",
+        title,
+        inference,
+        float(cfg.inference.eig_rtol),
+    )
 
 
 def _curves_table(history: dict[str, list[float]]) -> dict[str, list[float]]:

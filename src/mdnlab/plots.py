@@ -136,24 +136,168 @@ def eigen_spectrum(eigenvalues: np.ndarray, rtol: float, path: Path, title: str 
 
 
 def confidence_bands(
-    grid, x: np.ndarray, y: np.ndarray, x_name: str, y_names: list[str], path: Path, title: str = ""
+    grid,
+    panels: list[tuple[str, str]],
+    x_name: str,
+    path: Path,
+    title: str = "",
+    observed: dict[str, tuple[np.ndarray, np.ndarray, str]] | None = None,
 ) -> None:
-    """Predicted mean of each output along a 1-d x with 95% delta-method bands (both SEs)."""
-    q = len(y_names)
-    fig, axes = plt.subplots(q, 1, figsize=(7, 2.6 * q + 0.6), sharex=True, squeeze=False)
-    for j, ax in enumerate(axes[:, 0]):
-        rows = grid[grid.quantity == f"mean[{j}]"].sort_values("x")
-        xs, mean = rows.x.to_numpy(), rows.estimate.to_numpy()
-        ax.scatter(x[:, 0], y[:, j], s=4, color="lightgrey", label="training data")
-        for column, color, label in (
+    """Predicted quantities along a 1-d x with 95% delta-method bands (both SEs).
+
+    ``panels`` lists (quantity name in ``grid``, axis label); ``observed[quantity]`` is
+    (x, values, label) drawn behind the bands (the data, or binned class frequencies).
+    """
+    observed = observed or {}
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(7, 2.3 * len(panels) + 0.6), sharex=True, squeeze=False
+    )
+    for (quantity, label), ax in zip(panels, axes[:, 0], strict=True):
+        rows = grid[grid.quantity == quantity].sort_values("x")
+        xs, estimate = rows.x.to_numpy(), rows.estimate.to_numpy()
+        if quantity in observed:
+            ox, values, what = observed[quantity]
+            ax.scatter(ox, values, s=5, color="grey", alpha=0.6, label=what)
+        for column, color, band in (
             ("se_sandwich", "tab:orange", "95% sandwich"),
             ("se_hessian", "tab:blue", "95% inverse Hessian"),
         ):
             half = 1.96 * rows[column].to_numpy()
-            ax.fill_between(xs, mean - half, mean + half, color=color, alpha=0.3, label=label)
-        ax.plot(xs, mean, color="black", lw=1, label="predicted mean")
-        ax.set_ylabel(y_names[j])
+            ax.fill_between(
+                xs, estimate - half, estimate + half, color=color, alpha=0.3, label=band
+            )
+        ax.plot(xs, estimate, color="black", lw=1, label="estimate")
+        ax.set_ylabel(label)
     _finish_stack(fig, axes, title, x_name, path, legend_columns=2)
+
+
+def class_probabilities(
+    along: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+    codes: np.ndarray,
+    class_labels: list[list[str]],
+    variable_names: list[str],
+    path: Path,
+    x_label: str,
+    title: str = "",
+    bins: int = 10,
+) -> None:
+    """Per discrete output: each row's predicted class probabilities against x (dots), and
+    the observed class frequencies in quantile bins of x (lines with markers)."""
+    fig, axes = plt.subplots(
+        len(variable_names), 1, figsize=(8, 2.8 * len(variable_names) + 0.6), squeeze=False
+    )
+    for d, ax in enumerate(axes[:, 0]):
+        for c, label in enumerate(class_labels[d]):
+            color = f"C{c % 10}"
+            ax.scatter(along, probabilities[f"prob[{d},{c}]"], s=4, alpha=0.35, color=color)
+            centres, shares = binned_shares(along, codes[:, d] == c, bins)
+            ax.plot(centres, shares, "o-", color=color, lw=1, ms=3, label=f"{label}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(f"P({variable_names[d]} = class)")
+        ax.set_xlabel(x_label)
+        ax.legend(
+            fontsize=7,
+            ncol=min(4, len(class_labels[d])),
+            loc="upper right",
+            title="dots: predicted; lines: observed share per bin",
+            title_fontsize=6,
+        )
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def binned_shares(x: np.ndarray, hit: np.ndarray, bins: int = 10):
+    """Mean x and share of ``hit`` in (up to) ``bins`` quantile bins of x."""
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(len(edges) - 2, 0))
+    used = [b for b in range(len(edges) - 1) if np.any(which == b)]
+    return (
+        np.array([x[which == b].mean() for b in used]),
+        np.array([hit[which == b].mean() for b in used]),
+    )
+
+
+def calibration(
+    probabilities: dict[str, np.ndarray],
+    codes: np.ndarray,
+    variable_names: list[str],
+    path: Path,
+    title: str = "",
+    bins: int = 10,
+) -> None:
+    """Reliability diagram per discrete output: observed frequency against predicted
+    probability, pooled over classes, in equal-width bins (marker size ~ rows in the bin)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    edges = np.linspace(0, 1, bins + 1)
+    for d, name in enumerate(variable_names):
+        keys = sorted(k for k in probabilities if k.startswith(f"prob[{d},"))
+        predicted = np.concatenate([probabilities[k] for k in keys])
+        hit = np.concatenate(
+            [codes[:, d] == int(k.split(",")[1].rstrip("]")) for k in keys]
+        ).astype(float)
+        which = np.clip(np.digitize(predicted, edges) - 1, 0, bins - 1)
+        used = [b for b in range(bins) if np.any(which == b)]
+        mean_p = [predicted[which == b].mean() for b in used]
+        mean_hit = [hit[which == b].mean() for b in used]
+        sizes = [10 + 90 * np.mean(which == b) for b in used]
+        ax.plot(mean_p, mean_hit, "-", lw=1, color=f"C{d}")
+        ax.scatter(mean_p, mean_hit, s=sizes, color=f"C{d}", label=name)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def realized_vs_predicted(
+    along: np.ndarray,
+    realized: np.ndarray,
+    predicted: np.ndarray,
+    names: list[str],
+    path: Path,
+    x_label: str,
+    title: str = "",
+    highlight: np.ndarray | None = None,
+) -> None:
+    """Matrix outputs: realized against predicted variances (diagonal) and correlations
+    (off-diagonal) of E[Y|x], along x or time; ``highlight`` marks held-out rows."""
+    p = realized.shape[1]
+    panels = [(i, i) for i in range(p)] + [(i, j) for i in range(p) for j in range(i)]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(8, 1.9 * len(panels) + 0.6), sharex=True, squeeze=False
+    )
+    order = np.argsort(along, kind="stable")
+    t = along[order]
+
+    def corr(m, i, j):
+        return m[:, i, j] / np.sqrt(m[:, i, i] * m[:, j, j])
+
+    for (i, j), ax in zip(panels, axes[:, 0], strict=True):
+        if i == j:
+            real, pred, label = realized[:, i, i], predicted[:, i, i], f"var {names[i]}"
+        else:
+            real, pred = corr(realized, i, j), corr(predicted, i, j)
+            label = f"corr {names[i]},{names[j]}"
+        ax.plot(t, real[order], color="grey", lw=0.8, marker=".", ms=2, label="realized")
+        ax.plot(t, pred[order], color="tab:blue", lw=1.2, label="predicted (E[Y|x])")
+        if highlight is not None and highlight.any():
+            ax.axvspan(
+                along[highlight].min(),
+                along[highlight].max(),
+                color="tab:orange",
+                alpha=0.12,
+                label="test rows",
+            )
+        ax.set_ylabel(label, fontsize=8)
+    _finish_stack(fig, axes, title, x_label, path, legend_columns=3)
 
 
 def _finish_stack(fig, axes, title: str, x_label: str, path: Path, legend_columns: int) -> None:
