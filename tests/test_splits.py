@@ -97,3 +97,79 @@ def test_too_few_rows_for_training():
     assert "tiny.csv" in str(info.value)
     splits = split_rows(4, 0.25, 0.25, "random", seed=0)  # exactly 2 left: accepted
     assert splits.train.size == 2
+
+
+# --------------------------------------------------------------------------------------------
+# stratified random splits
+# --------------------------------------------------------------------------------------------
+
+
+def make_strata(sizes, seed=0):
+    """Labels with the given stratum sizes, in shuffled row order."""
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return np.random.default_rng(seed).permutation(labels)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "val", "test"),
+    [
+        ([50, 30, 20], 0.15, 0.15),
+        ([7, 40, 13, 3, 100], 0.2, 0.1),
+        ([12, 12], 0.25, 0.25),
+        ([9, 31, 60], 0.0, 0.3),
+    ],
+)
+def test_stratified_sizes_proportions_and_partition(sizes, val, test):
+    strata = make_strata(sizes)
+    n = strata.size
+    splits = split_rows(n, val, test, "random", seed=5, strata=strata)
+    assert_partition(splits, n)
+    # overall counts are the unstratified ones
+    assert splits.val.size == round(val * n) and splits.test.size == round(test * n)
+    for part in (splits.train, splits.val, splits.test):
+        np.testing.assert_array_equal(part, np.sort(part))
+    for s, size in enumerate(sizes):
+        for part, fraction in ((splits.val, val), (splits.test, test)):
+            count = np.sum(strata[part] == s)
+            assert abs(count - fraction * size) < 1.0 + 1e-9, (s, count, fraction * size)
+        assert np.sum(strata[splits.train] == s) >= 1
+
+
+def test_stratified_split_is_deterministic_and_seed_dependent():
+    strata = make_strata([60, 25, 15], seed=1)
+    a = split_rows(100, 0.2, 0.2, "random", seed=11, strata=strata)
+    b = split_rows(100, 0.2, 0.2, "random", seed=11, strata=strata)
+    c = split_rows(100, 0.2, 0.2, "random", seed=12, strata=strata)
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
+    assert not np.array_equal(a.test, c.test)
+
+
+def test_stratified_rare_strata_stay_in_training():
+    # one stratum of a single row, one of two rows: both keep a row in training
+    strata = make_strata([1, 2, 47, 50], seed=2)
+    single = int(np.flatnonzero(strata == 0)[0])
+    for seed in range(20):
+        splits = split_rows(100, 0.3, 0.3, "random", seed=seed, strata=strata)
+        assert_partition(splits, 100)
+        assert single in splits.train
+        for s in range(4):
+            assert np.sum(strata[splits.train] == s) >= 1
+        # the rows the rare strata cannot give are taken from the others
+        assert splits.val.size == 30 and splits.test.size == 30
+
+
+def test_stratified_labels_may_be_any_values():
+    strata = np.array(["b", "a", "b", "c", "a", "b", "c", "a", "b", "c"] * 4)
+    splits = split_rows(40, 0.25, 0.25, "random", seed=0, strata=strata)
+    assert_partition(splits, 40)
+    for level in "abc":
+        assert 2 <= np.sum(strata[splits.val] == level) <= 4
+
+
+def test_chronological_split_ignores_strata():
+    strata = make_strata([30, 20])
+    plain = split_rows(50, 0.2, 0.1, "chronological", seed=0)
+    stratified = split_rows(50, 0.2, 0.1, "chronological", seed=0, strata=strata)
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(plain, part), getattr(stratified, part))

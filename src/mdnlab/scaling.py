@@ -35,3 +35,21 @@ class AffineScaler(nn.Module):
     def log_abs_det_jacobian(self) -> torch.Tensor:
         """log |ds/dv| for one sample: log q(v) = log q_s(s(v)) + this."""
         return -torch.log(self.scale).sum()
+
+
+class IdentityScaler(nn.Module):
+    """s(v) = v: for discrete targets (class codes), which are modelled as they are."""
+
+    @torch.no_grad()
+    def fit(self, values: torch.Tensor) -> IdentityScaler:
+        return self
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def inverse(self, standardised: torch.Tensor) -> torch.Tensor:
+        return standardised
+
+    def log_abs_det_jacobian(self) -> torch.Tensor:
+        """0: log q(v) = log q_s(v) for a probability mass function."""
+        return torch.zeros((), dtype=torch.float64)

@@ -336,6 +336,65 @@ class HeavyTail(Simulator):
 
 
 # --------------------------------------------------------------------------------------------
+# f. synth_latent_class: two discrete outputs from a 2-class latent-class regression
+# --------------------------------------------------------------------------------------------
+
+LATENT_CLASS_N_CLASSES = (3, 2)
+
+
+def latent_class_params(x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Weights (n, 2) and, per output d, class probabilities (n, 2, C_d) of
+    ``synth_latent_class``; every logit is linear in x and the last one is 0."""
+    x = _as_2d(x)[:, :1]
+    zero = np.zeros_like(x)
+    weights = _softmax(np.hstack([0.2 + 1.2 * x, zero]))
+    # y1: 3 classes; latent class 1 favours codes 0 and 1, latent class 2 code 2.
+    y1 = np.stack(
+        [
+            _softmax(np.hstack([1.5 + 1.0 * x, 0.5 - 1.0 * x, zero])),
+            _softmax(np.hstack([-1.5 + 0.5 * x, -0.5 + 1.5 * x, zero])),
+        ],
+        axis=1,
+    )
+    # y2: 2 classes; latent class 1 favours code 0, latent class 2 code 1.
+    y2 = np.stack(
+        [_softmax(np.hstack([1.5 + 0.5 * x, zero])), _softmax(np.hstack([-1.5 - 1.0 * x, zero]))],
+        axis=1,
+    )
+    return weights, [y1, y2]
+
+
+@dataclass(frozen=True)
+class LatentClass(Simulator):
+    r"""x ~ U(-1, 1);  latent class k ~ pi(x);  y1, y2 independent given (k, x):
+
+    p(y | x) = sum_k pi_k(x) p_k1(y1 | x) p_k2(y2 | x),  k = 1, 2,  y1 in {0, 1, 2}, y2 in {0, 1},
+    pi(x)       = softmax(0.2 + 1.2 x, 0)
+    p_11(. | x) = softmax(1.5 + x, 0.5 - x, 0), p_21(. | x) = softmax(-1.5 + 0.5 x, -0.5 + 1.5 x, 0)
+    p_12(. | x) = softmax(1.5 + 0.5 x, 0),      p_22(. | x) = softmax(-1.5 - x, 0)
+
+    Every logit is linear in x with the last one fixed at 0, which is exactly the categorical
+    MDN's parameterisation with K = 2 and a linear head (hidden_sizes []): well specified.
+    y holds the integer class codes (as floats).
+    """
+
+    def sample_y(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        w, probs = latent_class_params(x)
+        k = _pick_components(w, rng)
+        rows = np.arange(len(k))
+        return np.column_stack([_pick_components(p[rows, k], rng) for p in probs]).astype(
+            np.float64
+        )
+
+    def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        w, probs = latent_class_params(x)
+        codes = _as_2d(y).astype(np.int64)
+        rows = np.arange(codes.shape[0])
+        log_comp = sum(np.log(p[rows, :, codes[:, d]]) for d, p in enumerate(probs))
+        return logsumexp(np.log(w) + log_comp, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
 # Registry and writer
 # --------------------------------------------------------------------------------------------
 
@@ -367,6 +426,14 @@ SIMULATORS: dict[str, Simulator] = {
         ["y"],
         "x~U(-1,1); y = 0.8 sin(pi x) + 0.3 x + 0.25 exp(0.6 x) eps, eps standardised "
         "Jones-Faddy skew-t(2.5, 5) (misspecified for Gaussian mixtures)",
+    ),
+    "synth_latent_class": LatentClass(
+        "synth_latent_class",
+        ["x"],
+        ["y1", "y2"],
+        "x~U(-1,1); y1 in {0,1,2}, y2 in {0,1} independent given a latent class k in {1,2}; "
+        "softmax-linear weights and class probabilities (well specified for a 2-component "
+        "categorical MDN with a linear head)",
     ),
 }
 

@@ -2,9 +2,13 @@
 
 from mdnlab.errors import ConfigError
 from mdnlab.families.base import Family
+from mdnlab.families.categorical import CategoricalFamily
 from mdnlab.families.gaussian import GaussianFamily
 
-FAMILIES: dict[str, type[Family]] = {GaussianFamily.name: GaussianFamily}
+FAMILIES: dict[str, type[Family]] = {
+    GaussianFamily.name: GaussianFamily,
+    CategoricalFamily.name: CategoricalFamily,
+}
 
 
 def family_class(name: str) -> type[Family]:
