@@ -62,13 +62,15 @@ def cdf_up_to(name: str, x: np.ndarray, y: np.ndarray, n_grid: int = 1000) -> np
 # --------------------------------------------------------------------------------------------
 
 
-def test_registry_has_the_four_simulators_with_their_columns():
-    assert set(SIMULATORS) == {"synth_mixture", "synth_mixture2d", "bishop", "synth_heavytail"}
+def test_registry_has_the_simulators_with_their_columns():
+    assert {"synth_mixture", "synth_mixture2d", "bishop", "synth_heavytail"} <= set(SIMULATORS)
+    assert {"synth_latent_class", "synth_wishart"} <= set(SIMULATORS)
     cols = {name: (s.x_cols, s.y_cols) for name, s in SIMULATORS.items()}
     assert cols["synth_mixture"] == (["x"], ["y"])
     assert cols["synth_mixture2d"] == (["x"], ["y1", "y2"])
     assert cols["bishop"] == (["x"], ["t"])
     assert cols["synth_heavytail"] == (["x"], ["y"])
+    assert cols["synth_latent_class"] == (["x"], ["y1", "y2"])
     for name, sim in SIMULATORS.items():
         assert sim.name == name
         assert sim.__doc__ and "x" in sim.__doc__

@@ -182,6 +182,8 @@ def load_data(cfg: DictConfig) -> tuple[Table, Splits]:
 def build_module(cfg: DictConfig, table: Table, data: SplitTensors) -> MDNModule:
     family = family_class(cfg.model.family)
     from_data = family.options_from_data(table.y, table.y_names, table.y_levels, table.source)
+    user_set = {k: cfg.model.get(k) for k in from_data if cfg.model.get(k) is not None}
+    family.check_options(table.y, table.y_names, table.y_levels, table.source, user_set)
     try:
         module = instantiate(
             cfg.model,
@@ -190,7 +192,7 @@ def build_module(cfg: DictConfig, table: Table, data: SplitTensors) -> MDNModule
             event_shape=list(table.y.shape[1:]),
             lr=float(cfg.trainer.lr),
             weight_decay=float(cfg.trainer.weight_decay),
-            **{k: v for k, v in from_data.items() if cfg.model.get(k) is None},
+            **{k: v for k, v in from_data.items() if k not in user_set},
         )
     except Exception as err:  # Hydra wraps constructor errors; surface ours unwrapped
         cause = err.__cause__ or err

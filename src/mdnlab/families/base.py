@@ -72,6 +72,13 @@ class Family(ABC):
         return {}
 
     @classmethod
+    def check_options(
+        cls, y: np.ndarray, columns: list[str], y_levels: dict[str, list[str]], source: str,
+        options: dict,
+    ) -> None:
+        """Check options the user set in ``model`` (not taken from the data) against y."""
+
+    @classmethod
     def strata(cls, y: np.ndarray) -> np.ndarray | None:
         """A label per row to stratify random splits on (None: plain random splits)."""
         return None
