@@ -21,11 +21,24 @@ from pathlib import Path
 
 import yaml
 
-# (R package, dataset) -> file name in data/raw
+# (R package, dataset) -> file name in data/raw.
+#
+# carData BEPS (British Election Panel Study 1997-2001, 1525 rows, no missing values): vote for
+# one of 3 parties given age, economic perceptions, leader ratings, Europe attitude, political
+# knowledge and gender -- a single discrete output (data=beps, a multinomial logit).
+#
+# carData WVS (World Values Surveys 1995-97, 5381 rows, no missing values) is the dataset with
+# D >= 2 discrete outputs: poverty (3 ordered classes: Too Little / About Right / Too Much),
+# religion (yes/no) and degree (yes/no) given country (4), age and gender (data=wvs). Chosen over
+# MASS survey (237 rows with NAs in most columns) and carData Chile (vote, education, income have
+# NAs; only 1 natural discrete outcome): WVS is row-level, complete in every column, has a few
+# thousand rows, 2-3 classes per output and a few sensible predictors, so nothing is dropped.
 RAW_DATASETS = {
     ("MASS", "mcycle"): "mcycle.csv",
     ("MASS", "geyser"): "geyser.csv",
     ("datasets", "EuStockMarkets"): "EuStockMarkets.csv",
+    ("carData", "BEPS"): "BEPS.csv",
+    ("carData", "WVS"): "WVS.csv",
 }
 PINNED = "0.2.10"
 
