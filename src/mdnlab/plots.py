@@ -183,7 +183,7 @@ def class_probabilities(
     bins: int = 10,
 ) -> None:
     """Per discrete output: each row's predicted class probabilities against x (dots), and
-    the observed class frequencies in quantile bins of x (lines with markers)."""
+    per quantile bin of x the observed class share (solid) and mean predicted one (dashed)."""
     fig, axes = plt.subplots(
         len(variable_names), 1, figsize=(8, 2.8 * len(variable_names) + 0.6), squeeze=False
     )
@@ -193,6 +193,8 @@ def class_probabilities(
             ax.scatter(along, probabilities[f"prob[{d},{c}]"], s=4, alpha=0.35, color=color)
             centres, shares = binned_shares(along, codes[:, d] == c, bins)
             ax.plot(centres, shares, "o-", color=color, lw=1, ms=3, label=f"{label}")
+            _, mean_predicted = binned_shares(along, probabilities[f"prob[{d},{c}]"], bins)
+            ax.plot(centres, mean_predicted, "--", color=color, lw=1.5)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(f"P({variable_names[d]} = class)")
         ax.set_xlabel(x_label)
@@ -200,7 +202,7 @@ def class_probabilities(
             fontsize=7,
             ncol=min(4, len(class_labels[d])),
             loc="upper right",
-            title="dots: predicted; lines: observed share per bin",
+            title="dots: predicted; per bin of x: observed share (solid), mean predicted (dashed)",
             title_fontsize=6,
         )
     axes[0, 0].set_title(title)
@@ -210,7 +212,7 @@ def class_probabilities(
 
 
 def binned_shares(x: np.ndarray, hit: np.ndarray, bins: int = 10):
-    """Mean x and share of ``hit`` in (up to) ``bins`` quantile bins of x."""
+    """Mean x and mean of ``hit`` (a share, for booleans) in (up to) ``bins`` quantile bins of x."""
     edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(len(edges) - 2, 0))
     used = [b for b in range(len(edges) - 1) if np.any(which == b)]
