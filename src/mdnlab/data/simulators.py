@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import betaln, logsumexp
+from scipy.special import betaln, gammaln, logsumexp
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -395,6 +395,99 @@ class LatentClass(Simulator):
 
 
 # --------------------------------------------------------------------------------------------
+# e. synth_wishart: 3 x 3 SPD matrices from a 2-component Wishart mixture
+# --------------------------------------------------------------------------------------------
+
+WISHART_P = 3
+
+
+def wishart_params(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights (n, 2), degrees of freedom (n, 2) and Cholesky factors (n, 2, 3, 3) of the
+    component scale matrices S_k = C_k C_k' / df_k of ``synth_wishart``."""
+    x1 = _as_2d(x)[:, 0]
+    one, zero = np.ones_like(x1), np.zeros_like(x1)
+    weights = _softmax(np.column_stack([0.4 + 1.5 * x1, zero]))
+    df = np.column_stack([6.0 + 2.0 * x1, 12.0 - 3.0 * x1])
+    c1 = np.stack(
+        [
+            np.stack([1.0 + 0.3 * x1, zero, zero], axis=1),
+            np.stack([0.6 * x1, 0.8 * one, zero], axis=1),
+            np.stack([0.3 * one, 0.4 * np.sin(np.pi * x1), 0.6 * np.exp(0.3 * x1)], axis=1),
+        ],
+        axis=1,
+    )
+    c2 = np.stack(
+        [
+            np.stack([0.6 * one, zero, zero], axis=1),
+            np.stack([-0.5 * one, 1.2 * np.exp(-0.3 * x1), zero], axis=1),
+            np.stack([0.5 * np.cos(0.5 * np.pi * x1), -0.3 * x1, 0.9 * one], axis=1),
+        ],
+        axis=1,
+    )
+    chol = np.stack([c1, c2], axis=1) / np.sqrt(df)[:, :, None, None]
+    return weights, df, chol
+
+
+def wishart_logpdf(y: np.ndarray, df: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """log Wishart(y; df, L L') for y (..., p, p), df (...), chol L (..., p, p), broadcasting;
+    the closed form of ``scipy.stats.wishart.logpdf``, vectorised over scale matrices."""
+    p = y.shape[-1]
+    scale = chol @ np.swapaxes(chol, -1, -2)
+    trace = np.trace(np.linalg.solve(scale, np.broadcast_to(y, scale.shape)), axis1=-2, axis2=-1)
+    log_det_y = np.linalg.slogdet(y)[1]
+    log_det_s = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    log_gamma_p = 0.25 * p * (p - 1) * np.log(np.pi) + sum(
+        gammaln(0.5 * df - 0.5 * j) for j in range(p)
+    )
+    return (
+        0.5 * (df - p - 1) * log_det_y
+        - 0.5 * trace
+        - 0.5 * df * p * np.log(2.0)
+        - 0.5 * df * log_det_s
+        - log_gamma_p
+    )
+
+
+def wishart_bartlett(df: np.ndarray, chol: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One Wishart(df_i, L_i L_i') draw per row (Bartlett decomposition, as scipy's sampler):
+    Y = L A A' L', A lower triangular, A_jj^2 ~ chi2(df - j), A_ij ~ N(0, 1) below."""
+    n, p = chol.shape[0], chol.shape[-1]
+    a = np.zeros((n, p, p))
+    rows, cols = np.tril_indices(p, -1)
+    a[:, rows, cols] = rng.standard_normal((n, len(rows)))
+    diag = np.arange(p)
+    a[:, diag, diag] = np.sqrt(rng.chisquare(df[:, None] - diag[None, :]))
+    la = chol @ a
+    return la @ np.swapaxes(la, 1, 2)
+
+
+@dataclass(frozen=True)
+class WishartMixture(Simulator):
+    r"""x ~ U(-1, 1);  Y | x ~ sum_k pi_k(x) Wishart_3(df_k(x), S_k(x)),  k = 1, 2,
+    S_k = C_k C_k' / df_k, so that E[Y | x, k] = C_k(x) C_k(x)'.
+
+    pi(x)  = softmax(0.4 + 1.5 x, 0);   df_1 = 6 + 2 x,  df_2 = 12 - 3 x  (> p - 1 = 2)
+    C_1(x) = [[1 + 0.3 x, 0, 0], [0.6 x, 0.8, 0], [0.3, 0.4 sin(pi x), 0.6 exp(0.3 x)]]
+    C_2(x) = [[0.6, 0, 0], [-0.5, 1.2 exp(-0.3 x), 0], [0.5 cos(pi x / 2), -0.3 x, 0.9]]
+
+    Component 1 has a large, x-dependent y[0,0] and a correlation of y[0] with y[1] that
+    changes sign with x; component 2 is more concentrated (larger df) with a fixed negative
+    one. y has shape (n, 3, 3); its CSV columns are the lower triangle in row-major order.
+    """
+
+    def sample_y(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        w, df, chol = wishart_params(x)
+        k = _pick_components(w, rng)
+        rows = np.arange(len(k))
+        return wishart_bartlett(df[rows, k], chol[rows, k], rng)
+
+    def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        w, df, chol = wishart_params(x)
+        y = np.asarray(y, dtype=np.float64).reshape(-1, 1, WISHART_P, WISHART_P)
+        return logsumexp(np.log(w) + wishart_logpdf(y, df, chol), axis=1)
+
+
+# --------------------------------------------------------------------------------------------
 # Registry and writer
 # --------------------------------------------------------------------------------------------
 
@@ -435,6 +528,13 @@ SIMULATORS: dict[str, Simulator] = {
         "softmax-linear weights and class probabilities (well specified for a 2-component "
         "categorical MDN with a linear head)",
     ),
+    "synth_wishart": WishartMixture(
+        "synth_wishart",
+        ["x"],
+        [f"y[{i},{j}]" for i in range(WISHART_P) for j in range(i + 1)],
+        "x~U(-1,1); Y|x (3x3 SPD) ~ 2-component Wishart mixture, softmax-linear weights, "
+        "df 6+2x and 12-3x, smooth x-dependent scale matrices (E[Y|x,k] = C_k(x) C_k(x)')",
+    ),
 }
 
 
@@ -446,6 +546,11 @@ def write_dataset(name: str, out_dir: Path, n: int, seed: int, eval_n: int, eval
     out_dir.mkdir(parents=True, exist_ok=True)
 
     x, y = sim.sample(n, np.random.default_rng(seed))
+    if y.ndim == 3:
+        # Matrix targets: the CSV holds the lower triangle in row-major order (y_cols);
+        # eval.npz keeps the (n, p, p) matrices.
+        rows, cols = np.tril_indices(y.shape[1])
+        y = y[:, rows, cols]
     frame = pd.DataFrame(np.hstack([x, y]), columns=sim.x_cols + sim.y_cols)
     frame.to_csv(out_dir / "data.csv", index=False, float_format="%.17g", lineterminator="\n")
 

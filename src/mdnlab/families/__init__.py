@@ -4,10 +4,12 @@ from mdnlab.errors import ConfigError
 from mdnlab.families.base import Family
 from mdnlab.families.categorical import CategoricalFamily
 from mdnlab.families.gaussian import GaussianFamily
+from mdnlab.families.wishart import WishartFamily
 
 FAMILIES: dict[str, type[Family]] = {
     GaussianFamily.name: GaussianFamily,
     CategoricalFamily.name: CategoricalFamily,
+    WishartFamily.name: WishartFamily,
 }
 
 
