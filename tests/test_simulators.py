@@ -80,15 +80,23 @@ def test_registry_has_the_simulators_with_their_columns():
 def test_sample_shapes_dtype_determinism_and_finite_log_prob(name):
     sim = SIMULATORS[name]
     x, y = sim.sample(500, np.random.default_rng(3))
-    assert x.shape == (500, len(sim.x_cols)) and y.shape == (500, len(sim.y_cols))
+    assert x.shape == (500, len(sim.x_cols)) and flat_targets(y).shape == (500, len(sim.y_cols))
     assert x.dtype == np.float64 and y.dtype == np.float64
     lp = sim.log_prob(x, y)
     assert lp.shape == (500,) and np.all(np.isfinite(lp))
     x2, y2 = sim.sample(500, np.random.default_rng(3))
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
     # 1-d x and y may be passed flat
-    if y.shape[1] == 1:
+    if y.ndim == 2 and y.shape[1] == 1:
         np.testing.assert_array_equal(sim.log_prob(x[:, 0], y[:, 0]), lp)
+
+
+def flat_targets(y: np.ndarray) -> np.ndarray:
+    """(n, q) as is; (n, p, p) matrices as their lower triangle in row-major order (the CSV)."""
+    if y.ndim == 2:
+        return y
+    rows, cols = np.tril_indices(y.shape[1])
+    return y[:, rows, cols]
 
 
 @pytest.mark.parametrize("name", ["synth_mixture", "synth_mixture2d", "synth_heavytail"])
@@ -368,7 +376,7 @@ def test_write_dataset_round_trips(name, tmp_path):
     assert list(frame.columns) == sim.x_cols + sim.y_cols
     x, y = sim.sample(300, np.random.default_rng(1))
     np.testing.assert_array_equal(frame[sim.x_cols].to_numpy(), x)  # exact, not approximate
-    np.testing.assert_array_equal(frame[sim.y_cols].to_numpy(), y)
+    np.testing.assert_array_equal(frame[sim.y_cols].to_numpy(), flat_targets(y))
 
     with np.load(tmp_path / "eval.npz") as ev:
         assert sorted(ev.files) == ["log_p", "x", "y"]
