@@ -10,13 +10,28 @@ import torch
 from torch.func import grad, vmap
 
 from mdnlab.inference.functional import FlatModel
+from mdnlab.inference.mlp_hessian import mlp_hessian_sum
 
 
 def hessian_mean_nll(
     flat: FlatModel, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048
 ) -> torch.Tensor:
-    """A = -(1/n) sum_i d^2 log q(y_i|x_i) / d theta^2: one gradient with ``create_graph``
-    per data chunk, then one double-backward per row of A."""
+    """A = -(1/n) sum_i d^2 log q(y_i|x_i) / d theta^2, exact.
+
+    For the MLPs of ``nets.mlp`` (``all`` or ``head`` weights) by Kronecker-structured block
+    matmuls (``mlp_hessian``, rows in chunks of at most ``chunk`` under a byte budget);
+    otherwise by the plain loop, ``hessian_mean_nll_loop``."""
+    fast = mlp_hessian_sum(flat, x, y, chunk)
+    if fast is not None:
+        return fast / x.shape[0]
+    return hessian_mean_nll_loop(flat, x, y, chunk)
+
+
+def hessian_mean_nll_loop(
+    flat: FlatModel, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048
+) -> torch.Tensor:
+    """A by autograd alone: one gradient with ``create_graph`` per data chunk, then one
+    double-backward per row of A (any module ``flat`` wraps)."""
     theta = flat.theta.detach().requires_grad_(True)
     n, p = x.shape[0], theta.numel()
     hessian = torch.zeros(p, p, dtype=torch.float64)
