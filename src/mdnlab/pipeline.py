@@ -313,28 +313,49 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
 def infer(
     cfg, module, data: SplitTensors, x_points: np.ndarray, label: str
 ) -> InferenceResult | None:
-    """Standard errors at the fitted weights (dense path), or None when switched off."""
+    """Standard errors at the fitted weights, or None when switched off: the dense path up to
+    ``inference.dense_max_params`` free weights, the matrix-free path above."""
+    from mdnlab.inference.functional import FlatModel
+    from mdnlab.inference.step import run_inference_matrix_free
+
     settings = cfg.inference
     if not settings.get("enabled", True):
         return None
-    n_params = n_weights(module) if settings.params == "all" else None
-    if n_params is not None and n_params > int(settings.dense_max_params):
-        warn(
-            f"{label}{n_params} weights > inference.dense_max_params "
-            f"{settings.dense_max_params}: the matrix-free path is not built yet; no standard errors"
+    n_params = FlatModel(module, str(settings.params)).n_params
+    if n_params > int(settings.dense_max_params):
+        say(
+            f"{label}inference: {n_params} weights > inference.dense_max_params "
+            f"{settings.dense_max_params}: matrix-free path (Hessian-vector products, no A)"
         )
-        return None
-    say(f"{label}inference: Hessian and scores on {data.size('train')} training rows")
-    result = run_inference(
-        module,
-        data.x["train"],
-        data.y["train"],
-        x_points,
-        params=str(settings.params),
-        eig_rtol=float(settings.eig_rtol),
-        chunk=int(settings.chunk),
-        x_grid=x_grid(data.x["train"].numpy()),
-    )
+        max_points = settings.get("max_points", 10)
+        result = run_inference_matrix_free(
+            module,
+            data.x["train"],
+            data.y["train"],
+            x_points,
+            params=str(settings.params),
+            eig_rtol=float(settings.eig_rtol),
+            chunk=int(settings.chunk),
+            rtol=float(settings.get("solver_rtol", 1e-8)),
+            max_iter=int(settings.get("solver_max_iter", 2000)),
+            max_points=None if max_points is None else int(max_points),
+            basis_rtol=float(settings.get("basis_rtol", 1e-10)),
+            lanczos_steps=int(settings.get("lanczos_steps", 30)),
+            cache_graph=data.size("train") <= int(settings.get("hvp_cache_rows", 200_000)),
+            label=label,
+        )
+    else:
+        say(f"{label}inference: Hessian and scores on {data.size('train')} training rows")
+        result = run_inference(
+            module,
+            data.x["train"],
+            data.y["train"],
+            x_points,
+            params=str(settings.params),
+            eig_rtol=float(settings.eig_rtol),
+            chunk=int(settings.chunk),
+            x_grid=x_grid(data.x["train"].numpy()),
+        )
     grad_norm = result.metrics["inference/grad_norm"]
     if grad_norm > float(settings.grad_tol):
         warn(
