@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
 
 from mdnlab import plots, run_figures, tracking
 from mdnlab.data.loaders import batch_loader
@@ -131,6 +132,9 @@ def configure_threads(setting, work: int = 0) -> int:
         if threads < 1:
             raise ConfigError(f"threads must be 'auto' or a positive integer, got {setting!r}")
     torch.set_num_threads(threads)
+    # numpy/scipy's BLAS too: measured here, scipy's eigh with 2 BLAS threads beside a busy
+    # process ran 6-80x slower than with 1.
+    threadpool_limits(limits=threads)
     return threads
 
 
