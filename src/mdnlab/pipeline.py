@@ -331,7 +331,7 @@ def infer(
             f"{label}inference: {n_params} weights > inference.dense_max_params "
             f"{settings.dense_max_params}: matrix-free path (Hessian-vector products, no A)"
         )
-        max_points = settings.get("max_points", 10)
+        max_points = settings.get("max_points", 5)
         result = run_inference_matrix_free(
             module,
             data.x["train"],
@@ -341,7 +341,7 @@ def infer(
             eig_rtol=float(settings.eig_rtol),
             chunk=int(settings.chunk),
             rtol=float(settings.get("solver_rtol", 1e-8)),
-            max_iter=int(settings.get("solver_max_iter", 2000)),
+            max_iter=int(settings.get("solver_max_iter", 3000)),
             max_points=None if max_points is None else int(max_points),
             basis_rtol=float(settings.get("basis_rtol", 1e-10)),
             lanczos_steps=int(settings.get("lanczos_steps", 30)),

@@ -191,9 +191,9 @@ def lanczos_solve(
     for j in range(min(max_iter, p)):
         w = operator.matvec(basis[j])
         alphas.append(float(basis[j] @ w))
+        w -= alphas[j] * basis[j] + (betas[j - 1] * basis[j - 1] if j else 0.0)
         q = basis[: j + 1]
-        w -= q.T @ (q @ w)
-        w -= q.T @ (q @ w)  # twice is enough
+        w -= q.T @ (q @ w)  # one full pass after the recurrence: Q is read twice per product
         beta = float(np.linalg.norm(w))
         scale = max(abs(a) for a in alphas)
         breakdown = beta <= 1e-13 * max(scale, np.finfo(float).tiny)  # invariant subspace
