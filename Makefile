@@ -45,6 +45,7 @@ lint: setup
 bench: setup
 	python benchmarks/train_overhead.py
 	python benchmarks/inference.py
+	python benchmarks/matrix_free.py --sizes 500 2000
 
 clean:
 	rm -rf outputs multirun metrics plots data/synthetic data/real

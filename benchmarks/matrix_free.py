@@ -21,6 +21,7 @@ os.environ.setdefault("CI", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from inference import K, model_with_about, timed  # noqa: E402
 
 from mdnlab.inference.covariance import Curvature  # noqa: E402
 from mdnlab.inference.curvature import hessian_mean_nll, score_outer_product  # noqa: E402
@@ -31,29 +32,6 @@ from mdnlab.inference.matrix_free import (  # noqa: E402
     gradient_basis,
     solve_standard_errors,
 )
-from mdnlab.module import MDNModule  # noqa: E402
-
-K = 5
-
-
-def model_with_about(p_target: int, n: int, seed: int = 0):
-    """A Gaussian MDN (1-d x, 1-d y, K=5, two equal hidden layers) with about p_target weights."""
-    out = (K - 1) + 2 * K
-    h = int(round((-(3 + out) + np.sqrt((3 + out) ** 2 - 4 * (out - p_target))) / 2))
-    torch.manual_seed(seed)
-    module = MDNModule(in_dim=1, event_shape=[1], n_components=K, hidden_sizes=[h, h])
-    x = torch.rand(n, 1, dtype=torch.float64) * 4 - 2
-    with torch.no_grad():
-        y = module.mixture(x).sample()
-    module.x_scaler.fit(x)
-    module.y_scaler.fit(y)
-    return module, x, y
-
-
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
 
 
 def measure(p_target: int, n: int, points: int, dense_max: int, rtol: float, max_iter: int):

@@ -73,8 +73,9 @@ def test_wishart_run_from_lower_triangle_columns(tmp_path):
     x = rng.uniform(-1, 1, 300)
     y = np.stack(
         [
-            stats.wishart.rvs(df=5 + 2 * xi, scale=np.array([[1, 0.5 * xi], [0.5 * xi, 1]]) / 5,
-                              random_state=rng)
+            stats.wishart.rvs(
+                df=5 + 2 * xi, scale=np.array([[1, 0.5 * xi], [0.5 * xi, 1]]) / 5, random_state=rng
+            )
             for xi in x
         ]
     )

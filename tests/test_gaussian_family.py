@@ -191,7 +191,9 @@ def test_prepare_targets_rejects_matrix_targets():
         GaussianFamily.prepare_targets(np.zeros((5, 2, 2)), "data/spd.npz", ["a", "b", "c"])
     assert "data/spd.npz" in str(info.value)
     assert "(5, 2, 2)" in str(info.value)
-    ok = GaussianFamily.prepare_targets(np.arange(10.0, dtype=np.float32).reshape(5, 2), "data/ok.csv", ["a", "b"])
+    ok = GaussianFamily.prepare_targets(
+        np.arange(10.0, dtype=np.float32).reshape(5, 2), "data/ok.csv", ["a", "b"]
+    )
     assert ok.shape == (5, 2) and ok.dtype == np.float64
 
 

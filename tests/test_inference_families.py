@@ -52,7 +52,11 @@ def test_categorical_saturated_design_matches_class_shares_and_binomial_standard
     xt, yt = torch.tensor(x), torch.tensor(y[:, None], dtype=torch.float64)
     torch.manual_seed(1)
     module = MDNModule(
-        in_dim=1, event_shape=[1], family="categorical", n_components=1, hidden_sizes=[3],
+        in_dim=1,
+        event_shape=[1],
+        family="categorical",
+        n_components=1,
+        hidden_sizes=[3],
         n_classes=[3],
     )
     fit_to_the_mle(module, xt, yt)
@@ -79,8 +83,9 @@ def wishart_mle(sample: np.ndarray) -> tuple[float, np.ndarray]:
         df = p - 1 + np.exp(log_excess)
         return -np.sum(stats.wishart.logpdf(np.moveaxis(sample, 0, -1), df=df, scale=mean / df))
 
-    best = optimize.minimize_scalar(neg_profile, bounds=(-5, 8), method="bounded",
-                                    options={"xatol": 1e-10})
+    best = optimize.minimize_scalar(
+        neg_profile, bounds=(-5, 8), method="bounded", options={"xatol": 1e-10}
+    )
     df = p - 1 + np.exp(best.x)
     return df, mean / df
 

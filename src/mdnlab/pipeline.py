@@ -101,7 +101,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics.update(inference.metrics)
             log.set_tags({"inference.path": inference.path})
         metrics["run/seconds"] = time.perf_counter() - started
-        write_artifacts(cfg, module, table, splits, artifacts, history, metrics, x_points, inference)
+        write_artifacts(
+            cfg, module, table, splits, artifacts, history, metrics, x_points, inference
+        )
         log.log_metrics(metrics)
         for name, values in history.items():
             log.log_curve(name, values)
@@ -326,6 +328,12 @@ def infer(
     if not settings.get("enabled", True):
         return None
     n_params = FlatModel(module, str(settings.params)).n_params
+    inputs = (module, data.x["train"], data.y["train"], x_points)
+    shared = {
+        "params": str(settings.params),
+        "eig_rtol": float(settings.eig_rtol),
+        "chunk": int(settings.chunk),
+    }
     if n_params > int(settings.dense_max_params):
         say(
             f"{label}inference: {n_params} weights > inference.dense_max_params "
@@ -333,13 +341,8 @@ def infer(
         )
         max_points = settings.get("max_points", 5)
         result = run_inference_matrix_free(
-            module,
-            data.x["train"],
-            data.y["train"],
-            x_points,
-            params=str(settings.params),
-            eig_rtol=float(settings.eig_rtol),
-            chunk=int(settings.chunk),
+            *inputs,
+            **shared,
             rtol=float(settings.get("solver_rtol", 1e-8)),
             max_iter=int(settings.get("solver_max_iter", 3000)),
             max_points=None if max_points is None else int(max_points),
@@ -350,16 +353,7 @@ def infer(
         )
     else:
         say(f"{label}inference: Hessian and scores on {data.size('train')} training rows")
-        result = run_inference(
-            module,
-            data.x["train"],
-            data.y["train"],
-            x_points,
-            params=str(settings.params),
-            eig_rtol=float(settings.eig_rtol),
-            chunk=int(settings.chunk),
-            x_grid=x_grid(data.x["train"].numpy()),
-        )
+        result = run_inference(*inputs, **shared, x_grid=x_grid(data.x["train"].numpy()))
     grad_norm = result.metrics["inference/grad_norm"]
     if grad_norm > float(settings.grad_tol):
         warn(

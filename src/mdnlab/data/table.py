@@ -105,7 +105,9 @@ def _read_csv(path: Path, x_cols, y_cols, text_y: bool = False) -> Table:
             check_no_missing(frame[col], col, source)
             values = frame[col].astype(str)
             y_levels[col] = sorted(values.unique())
-            y_blocks.append(pd.Categorical(values, categories=y_levels[col]).codes.astype(np.float64))
+            y_blocks.append(
+                pd.Categorical(values, categories=y_levels[col]).codes.astype(np.float64)
+            )
         else:
             y_blocks.append(numeric_column(frame, col, source))
     y = np.column_stack(y_blocks)

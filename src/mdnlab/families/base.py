@@ -73,10 +73,15 @@ class Family(ABC):
 
     @classmethod
     def check_options(
-        cls, y: np.ndarray, columns: list[str], y_levels: dict[str, list[str]], source: str,
+        cls,
+        y: np.ndarray,
+        columns: list[str],
+        y_levels: dict[str, list[str]],
+        source: str,
         options: dict,
     ) -> None:
         """Check options the user set in ``model`` (not taken from the data) against y."""
+        return None
 
     @classmethod
     def strata(cls, y: np.ndarray) -> np.ndarray | None:
