@@ -1,13 +1,13 @@
 """Which figures a run draws: the shared ones, and those that suit each output family.
 
 Figures are chosen here, by family name and data shape, so that neither the module nor the
-families know about plotting:
+families know about plotting (``training_curves.png`` is drawn by ``pipeline.write_artifacts``):
 
-- every run: ``training_curves.png``; with the dense inference step ``hessian_spectrum.png``;
-  with a 1-d x ``confidence_bands.png`` (95% delta-method bands of the headline quantities);
+- with the dense inference step: ``hessian_spectrum.png``, and for a 1-d x
+  ``confidence_bands.png`` (95% delta-method bands of the headline quantities);
 - gaussian: ``prediction_bands.png`` (mean +- 2 sd), ``conditional_density.png`` (1-d x, 1-d y);
-- categorical: ``class_probabilities.png`` (predicted probabilities against x with observed
-  class shares in bins of x) and ``calibration.png`` (reliability diagram);
+- categorical: ``class_probabilities.png`` (predicted probabilities against the first x column
+  with observed and mean predicted class shares in bins of it) and ``calibration.png``;
 - wishart: ``realized_vs_predicted.png`` (realized against predicted variances and
   correlations, along x or, for multi-d x, over rows in data order, i.e. time).
 """

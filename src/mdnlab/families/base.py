@@ -3,13 +3,15 @@
 A family turns the raw outputs of the network head into a
 ``torch.distributions.MixtureSameFamily``: K - 1 free gating logits (the K-th is fixed at 0,
 so the softmax's shift invariance puts no null space into the Hessian) plus the component
-parameters. All mixture mathematics (log-sum-exp over components, sampling, the mean of the
-mixture) lives in that one torch class; a family only builds components and names the
-identifiable summaries (``quantities``) it reports.
+parameters. Log-sum-exp over components and sampling live in that one torch class; a family
+builds its components, checks and shapes its targets (``prepare_targets``), and computes its
+identifiable summaries, the mixture's moments or probabilities (``quantities``). Optional hooks
+let the data set options (class counts), stratify splits and add evaluation metrics.
 
 Families work on a *standardised* target scale. The family's target scaler (an ``nn.Module``
-with ``fit``, ``forward`` and ``log_abs_det_jacobian``) maps targets there and carries the
-log-Jacobian that keeps every reported NLL in the original units of y.
+with ``fit``, ``forward``, ``inverse`` and ``log_abs_det_jacobian``; the identity for discrete
+targets) maps targets there and carries the log-Jacobian that keeps every reported NLL in the
+original units of y.
 """
 
 from __future__ import annotations
