@@ -32,10 +32,10 @@ pipeline: data
 	dvc repro
 	dvc metrics show --precision 8
 
-test: setup
+test: data
 	python -m pytest
 
-test-fast: setup
+test-fast: data
 	python -m pytest -m "not slow"
 
 lint: setup
