@@ -59,3 +59,42 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.C
         text=True,
         timeout=timeout,
     )
+
+
+def saturated_gaussian_fit():
+    """x with 3 levels (60, 90, 120 rows of shifted, scaled t_5 noise), an MDN with K = 1 and
+    one tanh hidden layer (14 weights, 6 identified), polished to the MLE.
+
+    Returns levels, x, y (numpy, (n, 1)) and the fitted module."""
+    import torch
+
+    from mdnlab.module import MDNModule
+    from mdnlab.polish import lbfgs_polish
+
+    rng = np.random.default_rng(3)
+    levels, counts = np.array([-1.0, 0.0, 1.0]), np.array([60, 90, 120])
+    x = np.repeat(levels, counts)[:, None]
+    y = np.concatenate(
+        [
+            rng.standard_t(5, size=c) * s + m
+            for c, s, m in zip(counts, [0.5, 1.0, 2.0], [1.0, -1.0, 3.0], strict=True)
+        ]
+    )[:, None]
+    torch.manual_seed(0)
+    module = MDNModule(in_dim=1, event_shape=[1], n_components=1, hidden_sizes=[3])
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    module.x_scaler.fit(xt)
+    module.y_scaler.fit(yt)
+    result = lbfgs_polish(lambda: module.nll(xt, yt), list(module.parameters()), 1e-8, 5000)
+    assert result.converged
+    return levels, x, y, module
+
+
+def textbook_standard_errors(group: np.ndarray) -> tuple[list[float], list[float]]:
+    """SEs of a group's sample mean and (1/n) variance: [mean, variance] under the Gaussian
+    model (inverse Hessian) and from the sample's own moments (sandwich)."""
+    n, mean, var = len(group), group.mean(), group.var()
+    m4 = np.mean((group - mean) ** 4)
+    hessian = [np.sqrt(var / n), np.sqrt(2 * var**2 / n)]
+    sandwich = [np.sqrt(var / n), np.sqrt((m4 - var**2) / n)]
+    return hessian, sandwich

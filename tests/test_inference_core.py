@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import saturated_gaussian_fit, textbook_standard_errors
 
 from mdnlab.inference.covariance import Curvature
 from mdnlab.inference.curvature import hessian_mean_nll, per_sample_scores, score_outer_product
 from mdnlab.inference.delta import quantity_jacobian
 from mdnlab.inference.functional import FlatModel
 from mdnlab.module import MDNModule
-from mdnlab.polish import lbfgs_polish, polish
+from mdnlab.polish import polish
 
 torch.set_num_threads(1)
 
@@ -95,25 +96,8 @@ def test_saturated_design_gives_the_closed_form_standard_errors():
     """x with 3 levels, K = 1, one tanh hidden layer big enough to fit each level: at the MLE the
     predicted mean and variance at a level are its sample mean and (1/n) variance, and the
     delta-method SEs are the textbook ones, though A is singular (14 weights, 6 identified)."""
-    rng = np.random.default_rng(3)
-    levels = np.array([-1.0, 0.0, 1.0])
-    counts = np.array([60, 90, 120])
-    x = np.repeat(levels, counts)[:, None]
-    y = np.concatenate(
-        [
-            rng.standard_t(5, size=c) * s + m
-            for c, s, m in zip(counts, [0.5, 1.0, 2.0], [1.0, -1.0, 3.0], strict=True)
-        ]
-    )[:, None]
-    torch.manual_seed(0)
-    module = MDNModule(in_dim=1, event_shape=[1], n_components=1, hidden_sizes=[3])
+    levels, x, y, module = saturated_gaussian_fit()
     xt, yt = torch.tensor(x), torch.tensor(y)
-    module.x_scaler.fit(xt)
-    module.y_scaler.fit(yt)
-    params = list(module.parameters())
-    result = lbfgs_polish(lambda: module.nll(xt, yt), params, tol=1e-8, max_iter=5000)
-    assert result.converged
-
     flat = FlatModel(module)
     a = hessian_mean_nll(flat, xt, yt).numpy()
     b = score_outer_product(flat, xt, yt).numpy()
@@ -125,15 +109,10 @@ def test_saturated_design_gives_the_closed_form_standard_errors():
     assert names == ["mean[0]", "cov[0,0]"]
     for i, level in enumerate(levels):
         group = y[x[:, 0] == level, 0]
-        n_l, mean, var = len(group), group.mean(), group.var()
-        m4 = np.mean((group - mean) ** 4)
-        np.testing.assert_allclose(values[i].numpy(), [mean, var], rtol=1e-7)
-        np.testing.assert_allclose(
-            se_h[i], [np.sqrt(var / n_l), np.sqrt(2 * var**2 / n_l)], rtol=1e-4
-        )
-        np.testing.assert_allclose(
-            se_s[i], [np.sqrt(var / n_l), np.sqrt((m4 - var**2) / n_l)], rtol=1e-4
-        )
+        np.testing.assert_allclose(values[i].numpy(), [group.mean(), group.var()], rtol=1e-7)
+        want_h, want_s = textbook_standard_errors(group)
+        np.testing.assert_allclose(se_h[i], want_h, rtol=1e-4)
+        np.testing.assert_allclose(se_s[i], want_s, rtol=1e-4)
 
 
 def fitted_standard_errors(module, x, y, x_points):

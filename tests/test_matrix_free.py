@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY
+from conftest import REPO, TINY, saturated_gaussian_fit, textbook_standard_errors
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
@@ -24,7 +24,7 @@ from mdnlab.inference.matrix_free import (
 from mdnlab.inference.step import run_inference, run_inference_matrix_free
 from mdnlab.module import MDNModule
 from mdnlab.pipeline import run
-from mdnlab.polish import lbfgs_polish, polish
+from mdnlab.polish import polish
 
 torch.set_num_threads(1)
 
@@ -147,36 +147,17 @@ def test_matrix_free_matches_the_dense_path_on_a_singular_hessian(fitted, basis_
 def test_matrix_free_gives_the_closed_form_standard_errors_of_a_saturated_design():
     """As tests/test_inference_core.py: 3 x levels, K = 1, 14 weights of which 6 identified
     (8 exact null directions of A): the textbook SEs of level means and (1/n) variances."""
-    rng = np.random.default_rng(3)
-    levels, counts = np.array([-1.0, 0.0, 1.0]), np.array([60, 90, 120])
-    x = np.repeat(levels, counts)[:, None]
-    y = np.concatenate(
-        [
-            rng.standard_t(5, size=c) * s + m
-            for c, s, m in zip(counts, [0.5, 1.0, 2.0], [1.0, -1.0, 3.0], strict=True)
-        ]
-    )[:, None]
-    torch.manual_seed(0)
-    module = MDNModule(in_dim=1, event_shape=[1], n_components=1, hidden_sizes=[3])
+    levels, x, y, module = saturated_gaussian_fit()
     xt, yt = torch.tensor(x), torch.tensor(y)
-    module.x_scaler.fit(xt)
-    module.y_scaler.fit(yt)
-    assert lbfgs_polish(lambda: module.nll(xt, yt), list(module.parameters()), 1e-8, 5000).converged
     result = run_inference_matrix_free(module, xt, yt, levels[:, None], rtol=1e-10)
     assert result.path == "matrix-free" and result.eigenvalues.size == 0
     assert result.metrics["inference/solver_unconverged"] == 0
     frame = result.predictions
     for i, level in enumerate(levels):
-        group = y[x[:, 0] == level, 0]
-        n_l, var = len(group), group.var()
-        m4 = np.mean((group - group.mean()) ** 4)
+        want_h, want_s = textbook_standard_errors(y[x[:, 0] == level, 0])
         rows = frame[frame.point == i].set_index("quantity")
-        np.testing.assert_allclose(
-            rows.se_hessian, [np.sqrt(var / n_l), np.sqrt(2 * var**2 / n_l)], rtol=1e-4
-        )
-        np.testing.assert_allclose(
-            rows.se_sandwich, [np.sqrt(var / n_l), np.sqrt((m4 - var**2) / n_l)], rtol=1e-4
-        )
+        np.testing.assert_allclose(rows.se_hessian, want_h, rtol=1e-4)
+        np.testing.assert_allclose(rows.se_sandwich, want_s, rtol=1e-4)
 
 
 def test_step_matches_dense_step_caps_points_and_leaves_weight_ses_out(fitted):

@@ -30,7 +30,8 @@ from mdnlab.data.table import Table, read_table
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
 from mdnlab.errors import ConfigError, DataError, TrainingError
 from mdnlab.families import family_class
-from mdnlab.inference.step import InferenceResult, run_inference
+from mdnlab.inference.functional import FlatModel
+from mdnlab.inference.step import InferenceResult, run_inference, run_inference_matrix_free
 from mdnlab.module import MDNModule
 from mdnlab.polish import max_abs_grad, polish
 from mdnlab.predictions import DEFAULT_POINTS, predictions_frame, read_points
@@ -321,9 +322,6 @@ def infer(
 ) -> InferenceResult | None:
     """Standard errors at the fitted weights, or None when switched off: the dense path up to
     ``inference.dense_max_params`` free weights, the matrix-free path above."""
-    from mdnlab.inference.functional import FlatModel
-    from mdnlab.inference.step import run_inference_matrix_free
-
     settings = cfg.inference
     if not settings.get("enabled", True):
         return None

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import betaln, gammaln, logsumexp
 
+from mdnlab.data.table import lower_triangle_names
+
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -531,7 +533,7 @@ SIMULATORS: dict[str, Simulator] = {
     "synth_wishart": WishartMixture(
         "synth_wishart",
         ["x"],
-        [f"y[{i},{j}]" for i in range(WISHART_P) for j in range(i + 1)],
+        lower_triangle_names(WISHART_P),
         "x~U(-1,1); Y|x (3x3 SPD) ~ 2-component Wishart mixture, softmax-linear weights, "
         "df 6+2x and 12-3x, smooth x-dependent scale matrices (E[Y|x,k] = C_k(x) C_k(x)')",
     ),

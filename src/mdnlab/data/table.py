@@ -245,5 +245,10 @@ def _read_npz(path: Path, x_cols, y_cols) -> Table:
 def _default_y_names(y: np.ndarray) -> list[str]:
     if y.ndim == 2:
         return [f"y{j}" for j in range(y.shape[1])]
-    p = y.shape[1]
-    return [f"y[{i},{j}]" for i in range(p) for j in range(i + 1)]
+    return lower_triangle_names(y.shape[1])
+
+
+def lower_triangle_names(p: int, name: str = "y") -> list[str]:
+    """``y[0,0], y[1,0], y[1,1], y[2,0], ...``: a p x p matrix's lower triangle in row-major
+    order, the layout of matrix targets in CSV files."""
+    return [f"{name}[{i},{j}]" for i in range(p) for j in range(i + 1)]

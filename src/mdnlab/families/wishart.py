@@ -10,7 +10,7 @@ from torch import nn
 from torch.distributions import Chi2, Distribution, MixtureSameFamily, Wishart
 from torch.nn.functional import softplus
 
-from mdnlab.data.table import row_text
+from mdnlab.data.table import lower_triangle_names, row_text
 from mdnlab.errors import DataError
 from mdnlab.families.base import Family
 
@@ -22,11 +22,6 @@ def triangle_side(m: int) -> int | None:
     """p with p(p+1)/2 == m, or None when m is not a triangular number."""
     p = int(round((np.sqrt(8 * m + 1) - 1) / 2))
     return p if p >= 1 and p * (p + 1) // 2 == m else None
-
-
-def lower_triangle_names(p: int, name: str = "y") -> list[str]:
-    """``y[0,0], y[1,0], y[1,1], y[2,0], ...``: the lower triangle in row-major order."""
-    return [f"{name}[{i},{j}]" for i in range(p) for j in range(i + 1)]
 
 
 class CheckFreeWishart(Wishart):
