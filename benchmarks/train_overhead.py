@@ -3,8 +3,9 @@
 Trains the same MDN (Gaussian family, 1-d x and y, K=5, hidden [36, 36], float64, full
 batch) for the same number of Adam steps two ways, in one process:
 
-* ``lightning``: ``fit_adam(module, batch_loader(x, y), None, TrainerSettings(...))``, the
-  path the pipeline takes; the time includes building the ``pl.Trainer`` and all of ``fit``.
+* ``lightning``: ``fit_adam(MemberEnsemble(...one member...), batch_loader(x, y), None,
+  TrainerSettings(...))``, the path the pipeline takes (one restart, penalty 0); the time
+  includes building the ``pl.Trainer`` and all of ``fit``.
 * ``plain``: ``torch.optim.Adam`` and ``zero_grad / module.nll(x, y) / backward / step``.
 
 Both start from the same weights (a deep copy taken before either run) and must end at the
@@ -28,8 +29,10 @@ os.environ["CI"] = "1"  # silence mdnlab's progress lines; must precede the mdnl
 import torch  # noqa: E402
 
 from mdnlab.data.loaders import batch_loader  # noqa: E402
+from mdnlab.estimation.adam import TrainerSettings, fit_adam  # noqa: E402
+from mdnlab.estimation.ensemble import MemberEnsemble  # noqa: E402
+from mdnlab.estimation.members import BatchedMLP  # noqa: E402
 from mdnlab.module import MDNModule  # noqa: E402
-from mdnlab.training import TrainerSettings, fit_adam  # noqa: E402
 
 LR = 1e-3
 
@@ -51,7 +54,10 @@ def make_module(x: torch.Tensor, y: torch.Tensor) -> MDNModule:
 
 def run_lightning(module: MDNModule, x, y, steps: int) -> tuple[float, float]:
     start = time.perf_counter()
-    fit_adam(module, batch_loader(x, y), None, TrainerSettings(max_epochs=steps), "")
+    members = BatchedMLP.from_members([module.net])
+    ensemble = MemberEnsemble(module, members, x.shape[0], 0.0, LR)
+    fit_adam(ensemble, batch_loader(x, y), None, TrainerSettings(max_epochs=steps), "")
+    members.copy_member_into(0, module.net)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         return seconds, float(module.nll(x, y))

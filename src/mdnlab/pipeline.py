@@ -7,6 +7,7 @@ leaves no run behind; a failure after that ends the run as FAILED.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -24,20 +25,28 @@ from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
 from mdnlab import plots, run_figures, tracking
-from mdnlab.data.loaders import batch_loader
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
 from mdnlab.errors import ConfigError, DataError, TrainingError
+from mdnlab.estimation.adam import TrainerSettings
+from mdnlab.estimation.fit import (
+    FitData,
+    MemberResult,
+    PolishSettings,
+    best_member,
+    fit_members,
+    member_seeds,
+)
+from mdnlab.estimation.objective import check_penalty
+from mdnlab.estimation.selection import select_penalty
 from mdnlab.families import family_class
 from mdnlab.inference.functional import FlatModel
 from mdnlab.inference.step import InferenceResult, run_inference, run_inference_matrix_free
 from mdnlab.module import MDNModule
-from mdnlab.polish import max_abs_grad, polish
 from mdnlab.predictions import DEFAULT_POINTS, predictions_frame, read_points
 from mdnlab.progress import say, warn
 from mdnlab.sweep import active_sweep, experiment_name
-from mdnlab.training import TrainerSettings, fit_adam
 
 
 @dataclass
@@ -64,11 +73,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
 
+    estimation = Estimation.from_config(cfg)
     table, splits = load_data(cfg)
     data = SplitTensors.from_table(table, splits)
-    module = build_module(cfg, table, data)
+    module = build_module(cfg, table, data)  # to check the model and count its weights
     label = f"[{run_name(cfg)}] "
-    threads = configure_threads(cfg.get("threads", "auto"), data.size("train") * n_weights(module))
+    work = data.size("train") * n_weights(module) * estimation.restarts
+    threads = configure_threads(cfg.get("threads", "auto"), work)
     x_points = prediction_points(cfg, table, data)
     if data.size("train") < n_weights(module):
         warn(
@@ -78,7 +89,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     say(
         f"{label}{table.source}: {table.n_rows} rows -> train {data.size('train')}, "
         f"val {data.size('val')}, test {data.size('test')}; {n_weights(module)} weights; "
-        f"{threads} thread(s)"
+        f"penalty {estimation.penalty:g}; {estimation.restarts} restart(s); {threads} thread(s)"
     )
 
     out_dir = output_dir()
@@ -96,8 +107,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     try:
         log.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        metrics, history = train_and_evaluate(cfg, module, data, table, artifacts, label)
-        inference = infer(cfg, module, data, x_points, label)
+        metrics, fit = train_and_evaluate(cfg, table, data, estimation, artifacts, label)
+        module, history = fit.module, fit.history
+        log.set_tags(
+            {"restarts.best": str(fit.best.index), "restarts.count": str(len(fit.members))}
+        )
+        inference = infer(cfg, module, data, x_points, label, fit.penalty)
         if inference is not None:
             metrics.update(inference.metrics)
             log.set_tags({"inference.path": inference.path})
@@ -106,7 +121,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             cfg, module, table, splits, artifacts, history, metrics, x_points, inference
         )
         log.log_metrics(metrics)
-        for name, values in history.items():
+        for name, values in {**history, **restart_curves(fit)}.items():
             log.log_curve(name, values)
         log.log_artifacts(artifacts)
         write_dvc_outputs(cfg, metrics, history, artifacts)
@@ -242,48 +257,116 @@ def run_tags(cfg: DictConfig, table: Table) -> dict[str, str]:
 
 # --- training and evaluation -----------------------------------------------------------------
 POLISH_VAL_RISE = 0.1  # nats per sample: a rise in val/nll over the polish worth a warning
+PENALTY_SELECTIONS = ("none", "evidence")
 
 
-def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, label: str):
-    t = cfg.trainer
-    train_loader = batch_loader(
-        data.x["train"], data.y["train"], t.get("batch_size"), int(cfg.seed)
-    )
-    val_loader = batch_loader(data.x["val"], data.y["val"]) if data.size("val") else None
-    settings = TrainerSettings(int(t.max_epochs), int(t.patience), float(t.get("min_delta", 0.0)))
-    trainer, fit_info = fit_adam(module, train_loader, val_loader, settings, label)
-    metrics: dict[str, float] = {
-        "train/epochs": fit_info["epochs"],
-        "train/best_epoch": fit_info["best_epoch"],
-    }
+@dataclass(frozen=True)
+class Estimation:
+    """What ``train.*`` asks of the estimator, checked before any run is created."""
 
-    def train_loss() -> torch.Tensor:
-        return module.nll(data.x["train"], data.y["train"])
+    penalty: float
+    select: str
+    restarts: int
+    polish: PolishSettings
 
-    params = [p for p in module.parameters() if p.requires_grad]
-    if data.size("val"):
-        with torch.no_grad():
-            metrics["val/nll_before_polish"] = float(module.nll(data.x["val"], data.y["val"]))
-    if cfg.train.polish:
-        result = polish(
-            train_loss,
-            params,
-            float(cfg.train.polish_tol),
-            int(cfg.train.polish_max_iter),
-            newton_max_params=int(cfg.train.get("newton_max_params", 300)),
-            label=label,
-        )
-        metrics["train/polish_iterations"] = result.iterations
-        grad_max = result.grad_max
-        if not result.converged:
-            warn(
-                f"{label}the polish stopped at max|grad| {grad_max:.2e} > "
-                f"train.polish_tol {cfg.train.polish_tol:g}; standard errors assume a converged fit"
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Estimation:
+        t = cfg.train
+        select = str(t.get("penalty_select", "none"))
+        if select not in PENALTY_SELECTIONS:
+            raise ConfigError(
+                f"train.penalty_select={select!r}; expected one of {', '.join(PENALTY_SELECTIONS)}"
             )
-    else:
-        _, grad_max = max_abs_grad(train_loss, params)
-    metrics["train/grad_norm"] = grad_max
+        penalty = check_penalty(t.get("penalty", 0.0))
+        if select == "evidence" and penalty == 0:
+            raise ConfigError(
+                "train.penalty_select=evidence needs a starting train.penalty > 0 (the evidence "
+                "of an improper flat prior is not defined)"
+            )
+        restarts = t.get("restarts", 1)
+        if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+            raise ConfigError(f"train.restarts must be a positive integer, got {restarts!r}")
+        polish = PolishSettings(
+            bool(t.polish),
+            float(t.polish_tol),
+            int(t.polish_max_iter),
+            int(t.get("newton_max_params", 300)),
+        )
+        return cls(penalty, select, restarts, polish)
 
+
+@dataclass
+class Fit:
+    """The estimate a run reports (the best restart) and what the estimation step saw."""
+
+    module: MDNModule
+    metrics: dict[str, float]
+    history: dict[str, list[float]]
+    members: list[MemberResult]
+    best: MemberResult
+    penalty: float
+
+
+def estimate(cfg, table: Table, data: SplitTensors, estimation: Estimation, label: str) -> Fit:
+    """R restarts trained as one batched network, polished, the penalty chosen by the evidence
+    when asked; the best by the penalized training objective is the estimate."""
+    t = cfg.trainer
+
+    def make_module(seed: int) -> MDNModule:
+        torch.manual_seed(seed)
+        return build_module(cfg, table, data)
+
+    fit_data = FitData(data.x["train"], data.y["train"], data.x["val"], data.y["val"])
+    ensemble, members = fit_members(
+        make_module,
+        member_seeds(int(cfg.seed), estimation.restarts),
+        fit_data,
+        estimation.penalty,
+        TrainerSettings(int(t.max_epochs), int(t.patience), float(t.get("min_delta", 0.0))),
+        float(t.lr),
+        float(t.weight_decay),
+        t.get("batch_size"),
+        int(cfg.seed),
+        estimation.polish,
+        label,
+    )
+    metrics: dict[str, float] = {}
+    penalty = estimation.penalty
+    if estimation.select == "evidence":
+        choice = select_penalty(ensemble, members, fit_data, estimation.polish, label)
+        penalty = choice.penalty
+        metrics["train/log_evidence"] = choice.log_evidence
+        metrics["train/effective_params"] = choice.effective_params
+        metrics["train/evidence_iterations"] = float(choice.iterations)
+    best = best_member(members)
+    module = best.module
+    metrics.update(
+        {
+            "train/epochs": float(best.epochs),
+            "train/best_epoch": float(best.best_epoch),
+            "train/polish_iterations": float(best.polish_iterations),
+            "train/grad_norm": best.grad_max,
+            "train/objective": best.objective,
+            "train/penalty": penalty,
+            "train/penalty_term": best.penalty_term,
+            "train/weight_norm": float(
+                torch.sqrt(sum(p.detach().pow(2).sum() for p in module.net.parameters()))
+            ),
+        }
+    )
+    if data.size("val"):
+        metrics["val/nll_before_polish"] = best.val_nll_before_polish
+    if estimation.polish.enabled and not best.converged:
+        warn(
+            f"{label}the polish stopped at max|grad| {best.grad_max:.2e} > "
+            f"train.polish_tol {estimation.polish.tol:g}; standard errors assume a converged fit"
+        )
+    return Fit(module, metrics, best.history, members, best, penalty)
+
+
+def train_and_evaluate(cfg, table, data: SplitTensors, estimation: Estimation, artifacts, label):
+    fit = estimate(cfg, table, data, estimation, label)
+    module, metrics = fit.module, fit.metrics
     with torch.no_grad():
         for split in ("train", "val", "test"):
             if data.size(split):
@@ -299,8 +382,9 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
     if cfg.train.polish and before is not None and metrics["val/nll"] > before + POLISH_VAL_RISE:
         warn(
             f"{label}the polish raised val/nll from {before:.4f} to {metrics['val/nll']:.4f}: the "
-            "training-split MLE fits the validation rows worse than the early-stopped weights "
-            "(a flexible network on little data, or heavy tails); consider a smaller model"
+            "penalized training optimum fits the validation rows worse than the early-stopped "
+            "weights (a flexible network on little data, or heavy tails); consider a larger "
+            "train.penalty or a smaller model"
         )
     if cfg.data.get("eval_path"):
         x_eval, y_eval, log_p = load_eval_sample(
@@ -309,16 +393,70 @@ def train_and_evaluate(cfg, module, data: SplitTensors, table, artifacts: Path, 
         kl = kl_estimate(log_p, model_log_prob(module, x_eval, y_eval))
         metrics["test/kl_to_truth"] = kl.value
         metrics["test/kl_to_truth_se"] = kl.se
+        if cfg.train.polish:
+            final_state = copy.deepcopy(module.net.state_dict())
+            module.net.load_state_dict(fit.best.before_polish)
+            before_kl = kl_estimate(log_p, model_log_prob(module, x_eval, y_eval))
+            module.net.load_state_dict(final_state)
+            metrics["test/kl_to_truth_before_polish"] = before_kl.value
 
-    checkpoint = artifacts / "model" / "model.ckpt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(checkpoint)
-    return metrics, module.epoch_history
+    save_checkpoint(module, artifacts / "model" / "model.ckpt")
+    if len(fit.members) > 1:
+        write_restarts(fit, artifacts / "restarts")
+    return metrics, fit
+
+
+def save_checkpoint(module: MDNModule, path: Path) -> None:
+    """A Lightning checkpoint (state dict and hyperparameters) that
+    ``MDNModule.load_from_checkpoint(path)`` reads with nothing else at hand."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
+
+
+def write_restarts(fit: Fit, folder: Path) -> None:
+    """restarts/restarts.csv (one row per restart) and restarts/restart_<r>.ckpt (each loadable)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for member in fit.members:
+        save_checkpoint(member.module, folder / f"restart_{member.index}.ckpt")
+        rows.append(
+            {
+                "restart": member.index,
+                "seed": member.seed,
+                "objective": member.objective,
+                "nll": member.nll,
+                "val_nll": member.val_nll,
+                "val_nll_before_polish": member.val_nll_before_polish,
+                "grad_norm": member.grad_max,
+                "converged": member.converged,
+                "epochs": member.epochs,
+                "best_epoch": member.best_epoch,
+                "diverged": not member.alive,
+                "best": member.index == fit.best.index,
+            }
+        )
+    pd.DataFrame(rows).to_csv(folder / "restarts.csv", index=False)
+
+
+def restart_curves(fit: Fit) -> dict[str, list[float]]:
+    """restarts/objective, restarts/val_nll, restarts/grad_norm with step = restart index."""
+    return {
+        "restarts/objective": [m.objective for m in fit.members],
+        "restarts/val_nll": [m.val_nll for m in fit.members],
+        "restarts/grad_norm": [m.grad_max for m in fit.members],
+    }
 
 
 # --- inference -------------------------------------------------------------------------------
 def infer(
-    cfg, module, data: SplitTensors, x_points: np.ndarray, label: str
+    cfg, module, data: SplitTensors, x_points: np.ndarray, label: str, penalty: float = 0.0
 ) -> InferenceResult | None:
     """Standard errors at the fitted weights, or None when switched off: the dense path up to
     ``inference.dense_max_params`` free weights, the matrix-free path above."""

@@ -1,0 +1,127 @@
+"""R members of one MDN architecture as a single LightningModule.
+
+The members share the family, the scalers and the data; each has its own weights (a
+``BatchedMLP``) and, optionally, its own row weights (a bootstrap refit is a member whose rows
+carry multinomial counts). The training loss is the sum over members of each member's
+penalized objective. Adam is elementwise, so Adam on that sum is R independent Adams: member r
+follows exactly the path it would follow alone from the same initial weights.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from mdnlab.errors import TrainingError
+from mdnlab.estimation.members import BatchedMLP
+
+
+class MemberEnsemble(pl.LightningModule):
+    def __init__(
+        self,
+        template,
+        members: BatchedMLP,
+        n_train: int,
+        penalty: float = 0.0,
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        row_weights: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        # The template MDNModule lends its family and fitted scalers; it is not trained here.
+        self.family = template.family
+        self.x_scaler, self.y_scaler = template.x_scaler, template.y_scaler
+        self.members = members
+        self.n_train, self.penalty = int(n_train), float(penalty)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.row_weights = row_weights  # (R, n_train) or None: every row counts once
+        self.alive = torch.ones(members.n_members, dtype=torch.bool)
+        self.epoch_history: dict[str, list[list[float]]] = {"train": [], "val": []}
+        self.last_val: torch.Tensor | None = None
+        self._sums: dict[str, list] = {}
+
+    @property
+    def n_members(self) -> int:
+        return self.members.n_members
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor, theta=None) -> torch.Tensor:
+        """(R, n) log q_r(y_i | x_i) in nats, original units of y (at ``theta`` (R, P) if given)."""
+        raw = self.members(self.x_scaler(x), theta)  # (R, n, n_raw)
+        r, n = raw.shape[:2]
+        y_s = self.y_scaler(y)
+        y_rep = y_s.expand(r, *y_s.shape).reshape(r * n, *y_s.shape[1:])
+        log_q = self.family.mixture(raw.reshape(r * n, -1)).log_prob(y_rep).reshape(r, n)
+        return log_q + self.y_scaler.log_abs_det_jacobian()
+
+    def nll(self, x: torch.Tensor, y: torch.Tensor, rows=None, theta=None) -> torch.Tensor:
+        """(R,) mean NLL of each member; with ``rows`` (R, n) weights, a weighted mean."""
+        log_q = self.log_prob(x, y, theta)
+        if rows is None:
+            return -log_q.mean(dim=1)
+        return -(log_q * rows).sum(dim=1) / rows.sum(dim=1)
+
+    def penalty_terms(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """(R,) lambda / (2 n_train) * |theta_r|^2."""
+        squares = self.members.squared_norms() if theta is None else theta.pow(2).sum(dim=1)
+        return self.penalty / (2.0 * self.n_train) * squares
+
+    def objective(self, x, y, theta=None, members=None) -> torch.Tensor:
+        """Penalized objective of each member on (x, y), (R,); with ``theta`` (M, P) the rows
+        of the members listed in ``members`` (all when None) at those parameters."""
+        rows = self.row_weights
+        if rows is not None and members is not None:
+            rows = rows[members]
+        value = self.nll(x, y, rows, theta)
+        return value + self.penalty_terms(theta) if self.penalty else value
+
+    # --- Lightning -----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x, y = batch[:2]
+        rows = batch[2] if len(batch) > 2 else None
+        nll = self.nll(x, y, rows)
+        finite = torch.isfinite(nll)
+        if not bool(finite[self.alive].all()):
+            self._diverged(~finite & self.alive, "train")
+        loss = torch.where(self.alive, nll, torch.zeros_like(nll))
+        self._accumulate("train", nll.detach(), x.shape[0])
+        if self.penalty:
+            loss = loss + torch.where(self.alive, self.penalty_terms(), torch.zeros_like(nll))
+        return loss.sum()
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch[:2]
+        nll = self.nll(x, y)
+        self._accumulate("val", nll.detach(), x.shape[0])
+
+    def _diverged(self, bad: torch.Tensor, stage: str) -> None:
+        members = [int(r) for r in torch.flatnonzero(bad)]
+        if int(self.alive.sum()) == len(members):
+            which = "" if self.n_members == 1 else f" (member(s) {members})"
+            raise TrainingError(
+                f"{stage} NLL became non-finite at epoch {self.current_epoch}{which}; "
+                "lower trainer.lr or raise model.min_scale"
+            )
+        self.alive[bad] = False  # the others go on; this member keeps its best weights so far
+
+    def _accumulate(self, stage: str, nll: torch.Tensor, rows: int) -> None:
+        total, count = self._sums.get(stage, (torch.zeros_like(nll), 0))
+        self._sums[stage] = (total + nll * rows, count + rows)
+
+    def _close_epoch(self, stage: str) -> torch.Tensor | None:
+        if stage not in self._sums:
+            return None
+        total, count = self._sums.pop(stage)
+        value = total / count
+        self.epoch_history[stage].append([float(v) for v in value])
+        return value
+
+    def on_train_epoch_end(self) -> None:
+        self._close_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val = self._close_epoch("val")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(
+            self.members.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
