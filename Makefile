@@ -44,6 +44,7 @@ lint: setup
 
 bench: setup
 	python benchmarks/train_overhead.py
+	python benchmarks/restarts.py
 	python benchmarks/inference.py
 	python benchmarks/matrix_free.py --sizes 500 2000
 

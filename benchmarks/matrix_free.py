@@ -24,14 +24,11 @@ import torch  # noqa: E402
 from inference import K, model_with_about, timed  # noqa: E402
 
 from mdnlab.inference.covariance import Curvature  # noqa: E402
-from mdnlab.inference.curvature import hessian_mean_nll, score_outer_product  # noqa: E402
-from mdnlab.inference.delta import quantity_jacobian  # noqa: E402
+from mdnlab.inference.curvature import hessian_mean_nll  # noqa: E402
+from mdnlab.inference.delta import gradient_basis, quantity_jacobian  # noqa: E402
 from mdnlab.inference.functional import FlatModel  # noqa: E402
-from mdnlab.inference.matrix_free import (  # noqa: E402
-    HessianOperator,
-    gradient_basis,
-    solve_standard_errors,
-)
+from mdnlab.inference.matrix_free import HessianOperator, solve_standard_errors  # noqa: E402
+from mdnlab.inference.scores import ScoreMatrix  # noqa: E402
 
 
 def measure(p_target: int, n: int, points: int, dense_max: int, rtol: float, max_iter: int):
@@ -64,7 +61,7 @@ def measure(p_target: int, n: int, points: int, dense_max: int, rtol: float, max
     if flat.n_params <= dense_max:
         started = time.perf_counter()
         a = hessian_mean_nll(flat, x, y).numpy()
-        b = score_outer_product(flat, x, y).numpy()
+        b = ScoreMatrix.build(flat, x, y, -op.gradient).matrix  # centred, as the sandwich's
         curvature = Curvature.from_matrices(a, b, n)
         dense_h, dense_s = curvature.standard_errors(gradients)
         row["dense"] = time.perf_counter() - started

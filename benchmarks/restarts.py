@@ -32,9 +32,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/synthetic/synth_mixture/data.csv")
     parser.add_argument("--members", type=int, default=8)
-    parser.add_argument("--hidden", type=int, nargs="*", default=[16, 16])
+    parser.add_argument("--hidden", type=int, nargs="*", default=[8, 8])
     parser.add_argument("--components", type=int, default=3)
-    parser.add_argument("--penalty", type=float, default=1.0)
+    parser.add_argument("--penalty", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,7 +77,7 @@ def main() -> None:
     t_one = sum(times) / len(times)
     diff = max(
         max(
-            float((p - q).abs().max())
+            float((p.detach() - q.detach()).abs().max())
             for p, q in zip(b.module.net.parameters(), s.module.net.parameters(), strict=True)
         )
         for b, s in zip(batched, sequential, strict=True)

@@ -189,8 +189,8 @@ def test_laplace_evidence_matches_quadrature_for_a_two_weight_logistic_model():
         )
         assert fit.converged
         terms, _ = evidence_at(module, xt, yt, penalty)
-        w = float(module.net[0].weight[0, 0])
-        b = float(module.net[0].bias[0])
+        w = float(module.net[0].weight[0, 0].detach())
+        b = float(module.net[0].bias[0].detach())
         want = quadrature_log_evidence(x, y, penalty, (w, b), (0.5, 0.5))
         assert terms.log_evidence == pytest.approx(want, abs=0.02)
         # gamma from the logistic model's own Hessian: mean p(1-p) [x_std, 1][x_std, 1]'.
@@ -230,3 +230,50 @@ def test_evidence_fixed_point_maximises_the_quadrature_evidence():
 def test_laplace_evidence_rejects_a_non_minimum():
     with pytest.raises(ValueError, match="not positive definite"):
         laplace_evidence(1.0, 1.0, np.array([-1.0, 2.0]), n=10, penalty=1.0)
+
+
+def test_a_diverged_member_is_frozen_and_all_diverged_is_an_error():
+    from mdnlab.errors import TrainingError
+
+    x, y = two_branch_data(60)
+    make = gaussian_maker(x, y, hidden=(3,))
+    modules = [make(s) for s in (0, 1, 2)]
+    members = BatchedMLP.from_members([m.net for m in modules])
+    ensemble = MemberEnsemble(modules[0], members, 60, 1.0)
+    with torch.no_grad():
+        members.biases[-1][1].fill_(float("nan"))
+    loss = ensemble.training_step((x, y), 0)
+    assert torch.isfinite(loss)
+    assert ensemble.alive.tolist() == [True, False, True]
+    assert ensemble.training_mask.tolist() == [True, False, True]
+    # From then on the loss is the other two members' objectives; member 1 gets no gradient.
+    want = ensemble.objective(x, y)[[0, 2]].sum()
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    again = ensemble.training_step((x, y), 0)
+    assert float(again.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    (grad,) = torch.autograd.grad(again, [members.weights[0]])
+    assert float(grad[1].abs().max()) == 0.0
+    assert bool(torch.isfinite(grad).all()) and float(grad[0].abs().max()) > 0
+    with torch.no_grad():
+        for b in members.biases:
+            b.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"member\(s\) \[0, 2\]"):
+        ensemble.training_step((x, y), 0)
+
+
+def test_evidence_selection_away_from_a_minimum_warns_and_keeps_lambda(capsys):
+    x, y = two_branch_data(120)
+    data = FitData(x, y)
+    ensemble, members = fit_members(
+        gaussian_maker(x, y, hidden=(6,), k=3),
+        [0],
+        data,
+        2.0,
+        TrainerSettings(max_epochs=2),
+        0.02,
+        polish=PolishSettings(False),
+    )
+    choice = select_penalty(ensemble, members, data, PolishSettings(False))
+    assert choice.penalty == 2.0 and choice.iterations == 0
+    assert np.isnan(choice.log_evidence)
+    assert "not positive definite" in capsys.readouterr().err

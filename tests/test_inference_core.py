@@ -102,7 +102,7 @@ def test_saturated_design_gives_the_closed_form_standard_errors():
     a = hessian_mean_nll(flat, xt, yt).numpy()
     b = score_outer_product(flat, xt, yt).numpy()
     curvature = Curvature.from_matrices(a, b, n=len(x))
-    assert curvature.n_null > 0  # singular: more weights than identified quantities
+    assert curvature.spectrum.n_null > 0  # singular: more weights than identified quantities
     names, values, jac = quantity_jacobian(flat, torch.tensor(levels[:, None]))
     se_h, se_s = curvature.standard_errors(jac.numpy())
     se_h, se_s = se_h.reshape(3, 2), se_s.reshape(3, 2)

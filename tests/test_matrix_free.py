@@ -12,15 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from mdnlab.inference.covariance import Curvature
 from mdnlab.inference.curvature import hessian_mean_nll, score_outer_product
-from mdnlab.inference.delta import quantity_jacobian
+from mdnlab.inference.delta import gradient_basis, quantity_jacobian
 from mdnlab.inference.functional import FlatModel
-from mdnlab.inference.matrix_free import (
-    HessianOperator,
-    directional_scores,
-    gradient_basis,
-    lanczos_extremes,
-    solve_standard_errors,
-)
+from mdnlab.inference.matrix_free import HessianOperator, lanczos_extremes, solve_standard_errors
+from mdnlab.inference.scores import directional_scores
 from mdnlab.inference.step import run_inference, run_inference_matrix_free
 from mdnlab.module import MDNModule
 from mdnlab.pipeline import run

@@ -45,6 +45,7 @@ def raw(tmp_path):
         {"duration": np.round(rng.uniform(1, 5, n), 3), "waiting": rng.integers(40, 100, n)},
     )[["duration", "waiting"]].to_csv(folder / "geyser.csv", index=False)
     prices = 1000.0 * np.exp(np.cumsum(rng.normal(scale=0.01, size=(n, 4)), axis=0))
+    prices[4, 1] = prices[3, 1]  # SMI closed on day 4: its last price carried forward
     frame = pd.DataFrame(prices, columns=INDICES)
     frame.insert(0, "time", 1991.5 + np.arange(n) / 260)
     frame.to_csv(folder / "EuStockMarkets.csv", index=False)
@@ -106,10 +107,14 @@ def test_geyser_pairs_previous_duration_with_current_waiting(raw):
 def test_eustock_returns_are_log_differences_with_lag(raw):
     prices = pd.read_csv(raw / "EuStockMarkets.csv")[INDICES].to_numpy()
     log_returns = np.log(prices[1:] / prices[:-1])  # r_t = log P_t - log P_{t-1}
+    carried = (prices[1:] == prices[:-1]).any(axis=1)  # some market closed: price carried forward
+    assert carried.sum() == 1
+    log_returns = log_returns[~carried]
     built = real.eustock_returns(raw)
     lags = [f"{c}_lag1" for c in INDICES]
     assert sorted(built.columns) == sorted(INDICES + lags)
-    assert len(built) == len(prices) - 2
+    assert len(built) == len(prices) - 1 - carried.sum() - 1
+    assert not (built[INDICES].to_numpy() == 0).any()
     np.testing.assert_allclose(built[INDICES].to_numpy(), log_returns[1:], rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(built[lags].to_numpy(), log_returns[:-1], rtol=1e-12, atol=1e-15)
     # Row t's lag is row t-1's return.
@@ -330,3 +335,5 @@ def test_real_exports_when_present():
     )
     assert (len(returns), dropped) == (1833, 26)
     assert len(real.eustock_rcov(folder)) == 1833 // 5 - 1 == 365
+    # Daily returns: 164 days on which some market was closed (a zero return) are dropped.
+    assert len(real.eustock_returns(folder)) == 1860 - 1 - 164 - 1

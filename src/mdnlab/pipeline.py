@@ -257,6 +257,7 @@ def run_tags(cfg: DictConfig, table: Table) -> dict[str, str]:
 
 # --- training and evaluation -----------------------------------------------------------------
 POLISH_VAL_RISE = 0.1  # nats per sample: a rise in val/nll over the polish worth a warning
+SCALE_FLOOR_MARGIN = 10.0  # a component scale within this factor of its floor: a warning
 PENALTY_SELECTIONS = ("none", "evidence")
 
 
@@ -378,6 +379,15 @@ def train_and_evaluate(cfg, table, data: SplitTensors, estimation: Estimation, a
                     module.mixture(data.x[split]), module.y_scaler(data.y[split])
                 )
                 metrics.update({f"{split}/{name}": v for name, v in extra.items()})
+        ratio = module.family.scale_floor_ratio(module.mixture(data.x["train"]))
+    if ratio is not None:
+        metrics["train/scale_floor_ratio"] = ratio
+        if ratio < SCALE_FLOOR_MARGIN:
+            warn(
+                f"{label}a component's scale comes within {ratio:.2f}x of its floor "
+                f"(model.min_scale) on the training x: it is collapsing onto a few rows; "
+                "consider a larger train.penalty, fewer components or a smaller network"
+            )
     before = metrics.get("val/nll_before_polish")
     if cfg.train.polish and before is not None and metrics["val/nll"] > before + POLISH_VAL_RISE:
         warn(
@@ -469,6 +479,9 @@ def infer(
         "params": str(settings.params),
         "eig_rtol": float(settings.eig_rtol),
         "chunk": int(settings.chunk),
+        "penalty": float(penalty),
+        "basis_rtol": float(settings.get("basis_rtol", 1e-10)),
+        "label": label,
     }
     if n_params > int(settings.dense_max_params):
         say(
@@ -482,19 +495,22 @@ def infer(
             rtol=float(settings.get("solver_rtol", 1e-8)),
             max_iter=int(settings.get("solver_max_iter", 3000)),
             max_points=None if max_points is None else int(max_points),
-            basis_rtol=float(settings.get("basis_rtol", 1e-10)),
             lanczos_steps=int(settings.get("lanczos_steps", 30)),
             cache_graph=data.size("train") <= int(settings.get("hvp_cache_rows", 200_000)),
-            label=label,
         )
     else:
         say(f"{label}inference: Hessian and scores on {data.size('train')} training rows")
-        result = run_inference(*inputs, **shared, x_grid=x_grid(data.x["train"].numpy()))
+        result = run_inference(
+            *inputs,
+            **shared,
+            x_grid=x_grid(data.x["train"].numpy()),
+            weight_se_max_params=int(settings.get("weight_se_max_params", 4000)),
+        )
     grad_norm = result.metrics["inference/grad_norm"]
     if grad_norm > float(settings.grad_tol):
         warn(
             f"{label}max|grad| {grad_norm:.2e} > inference.grad_tol {settings.grad_tol:g}: the fit "
-            "is not at an optimum, so the standard errors' asymptotic theory does not apply"
+            "is not at an optimum of the training objective, so the standard errors' asymptotic theory does not apply"
         )
     return result
 

@@ -47,10 +47,21 @@ def geyser(raw: Path) -> pd.DataFrame:
 
 
 def eustock_returns(raw: Path) -> pd.DataFrame:
+    """Daily log returns of the four indices given the previous row's, on the days on which
+    every market traded.
+
+    EuStockMarkets carries a closed market's last price forward, so its return that day is
+    exactly 0 (164 of 1859 days: 26 common holidays, 138 on which some market was closed). A
+    continuous density has unbounded likelihood on such atoms: a Gaussian mixture with K >= 2
+    puts a component onto the hyperplane of one index's zeros (measured: a component scale at
+    its floor, the polish unable to converge). Those days are dropped; the next day's return
+    then covers the time since the last trade.
+    """
     prices = pd.read_csv(raw / "EuStockMarkets.csv")[INDICES]
     returns = np.diff(np.log(prices.to_numpy()), axis=0)
-    frame = pd.DataFrame(returns[1:], columns=INDICES)
-    lagged = pd.DataFrame(returns[:-1], columns=[f"{c}_lag1" for c in INDICES])
+    traded = returns[~(returns == 0).any(axis=1)]
+    frame = pd.DataFrame(traded[1:], columns=INDICES)
+    lagged = pd.DataFrame(traded[:-1], columns=[f"{c}_lag1" for c in INDICES])
     return pd.concat([lagged, frame], axis=1)
 
 

@@ -74,6 +74,7 @@ class MemberEarlyStopping(Callback):
             self.best[r] = min(float(self.best[r]), v) if v == v else self.best[r]
             if self.wait[r] >= self.patience or not module.alive[r]:
                 self.stopped_epoch[r] = epoch
+                module.training_mask[r] = False
         if bool(self.stopped.all()):
             trainer.should_stop = True
 

@@ -35,7 +35,11 @@ class MemberEnsemble(pl.LightningModule):
         self.n_train, self.penalty = int(n_train), float(penalty)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.row_weights = row_weights  # (R, n_train) or None: every row counts once
-        self.alive = torch.ones(members.n_members, dtype=torch.bool)
+        self.alive = torch.ones(members.n_members, dtype=torch.bool)  # False: diverged
+        # Members still training: alive and not yet out of patience (the early-stopping
+        # callback clears them). The others are left out of the forward pass: their restored
+        # best weights do not depend on what happens to them afterwards.
+        self.training_mask = torch.ones(members.n_members, dtype=torch.bool)
         self.epoch_history: dict[str, list[list[float]]] = {"train": [], "val": []}
         self.last_val: torch.Tensor | None = None
         self._sums: dict[str, list] = {}
@@ -75,26 +79,36 @@ class MemberEnsemble(pl.LightningModule):
         return value + self.penalty_terms(theta) if self.penalty else value
 
     # --- Lightning -----------------------------------------------------------------------------
+    def _training_nll(self, x, y, rows=None) -> torch.Tensor:
+        """(R,) mean NLL of the members still training; NaN for the others."""
+        if bool(self.training_mask.all()):
+            return self.nll(x, y, rows)
+        index = torch.nonzero(self.training_mask).flatten()
+        part = self.nll(x, y, None if rows is None else rows[index], self.members.flat()[index])
+        full = torch.full((self.n_members,), float("nan"), dtype=part.dtype)
+        return full.index_put((index,), part)
+
     def training_step(self, batch, batch_idx):
         x, y = batch[:2]
         rows = batch[2] if len(batch) > 2 else None
-        nll = self.nll(x, y, rows)
+        nll = self._training_nll(x, y, rows)
         finite = torch.isfinite(nll)
-        if not bool(finite[self.alive].all()):
-            self._diverged(~finite & self.alive, "train")
-        loss = torch.where(self.alive, nll, torch.zeros_like(nll))
+        if not bool(finite[self.training_mask].all()):
+            self._diverged(~finite & self.training_mask, "train")
+        keep = self.training_mask
+        loss = torch.where(keep, nll, torch.zeros_like(nll))
         self._accumulate("train", nll.detach(), x.shape[0])
         if self.penalty:
-            loss = loss + torch.where(self.alive, self.penalty_terms(), torch.zeros_like(nll))
+            loss = loss + torch.where(keep, self.penalty_terms(), torch.zeros_like(nll))
         return loss.sum()
 
     def validation_step(self, batch, batch_idx):
         x, y = batch[:2]
-        nll = self.nll(x, y)
+        nll = self._training_nll(x, y)
         self._accumulate("val", nll.detach(), x.shape[0])
 
     def _diverged(self, bad: torch.Tensor, stage: str) -> None:
-        members = [int(r) for r in torch.flatnonzero(bad)]
+        members = [int(r) for r in torch.nonzero(bad).flatten()]
         if int(self.alive.sum()) == len(members):
             which = "" if self.n_members == 1 else f" (member(s) {members})"
             raise TrainingError(
@@ -102,6 +116,7 @@ class MemberEnsemble(pl.LightningModule):
                 "lower trainer.lr or raise model.min_scale"
             )
         self.alive[bad] = False  # the others go on; this member keeps its best weights so far
+        self.training_mask[bad] = False
 
     def _accumulate(self, stage: str, nll: torch.Tensor, rows: int) -> None:
         total, count = self._sums.get(stage, (torch.zeros_like(nll), 0))

@@ -53,7 +53,15 @@ def select_penalty(
     penalty = float(ensemble.penalty)
     path = []
     for update in range(1, MAX_UPDATES + 1):
-        terms, squared = evidence_at(best_member(members).module, x, y, penalty)
+        try:
+            terms, squared = evidence_at(best_member(members).module, x, y, penalty)
+        except ValueError as err:  # not at a minimum: the Laplace approximation has no centre
+            warn(
+                f"{label}train.penalty_select=evidence stopped at lambda {penalty:.4g} after "
+                f"{update - 1} update(s): {err} (did the polish converge? see train/grad_norm)"
+            )
+            nan = float("nan")
+            return PenaltyChoice(penalty, nan, nan, update - 1, path)
         path.append((penalty, terms.log_evidence))
         proposal = float(
             np.clip(fixed_point_penalty(terms.effective_params, squared), *PENALTY_RANGE)
@@ -71,5 +79,8 @@ def select_penalty(
         f"{label}train.penalty_select=evidence: lambda did not settle in {MAX_UPDATES} updates "
         f"(last {penalty:.4g}); reporting the evidence there"
     )
-    terms, _ = evidence_at(best_member(members).module, x, y, penalty)
+    try:
+        terms, _ = evidence_at(best_member(members).module, x, y, penalty)
+    except ValueError:
+        return PenaltyChoice(penalty, float("nan"), float("nan"), MAX_UPDATES, path)
     return PenaltyChoice(penalty, terms.log_evidence, terms.effective_params, MAX_UPDATES, path)

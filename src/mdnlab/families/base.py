@@ -90,6 +90,12 @@ class Family(ABC):
         """A label per row to stratify random splits on (None: plain random splits)."""
         return None
 
+    def scale_floor_ratio(self, mixture: MixtureSameFamily) -> float | None:
+        """Smallest floored scale over the batch and components divided by its floor (None when
+        the family has no floor). Near 1, a component is collapsing onto a few points: the
+        mixture likelihood's unbounded spike, held only by the floor."""
+        return None
+
     def evaluation_metrics(
         self, mixture: MixtureSameFamily, y_standardised: torch.Tensor
     ) -> dict[str, float]:

@@ -56,6 +56,14 @@ class GaussianFamily(Family):
         scale_tril = lower + torch.diag_embed(diag)
         return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
 
+    def scale_floor_ratio(self, mixture: MixtureSameFamily) -> float:
+        components = mixture.component_distribution
+        if isinstance(components, MultivariateNormal):
+            diag = torch.diagonal(components.scale_tril, dim1=-2, dim2=-1)
+        else:
+            diag = components.base_dist.scale
+        return float(diag.min() / self.min_scale)
+
     def make_scaler(self) -> AffineScaler:
         return AffineScaler(self.dim)
 

@@ -145,6 +145,10 @@ class WishartFamily(Family):
         p = self.dim
         return 1 + p + p * (p - 1) // 2
 
+    def scale_floor_ratio(self, mixture: MixtureSameFamily) -> float:
+        diag = torch.diagonal(mixture.component_distribution.scale_tril, dim1=-2, dim2=-1)
+        return float(diag.min() / self.min_scale)
+
     def component_distribution(self, raw: torch.Tensor) -> Wishart:
         p = self.dim
         df = (p - 1) + self.min_df_excess + softplus(raw[..., 0])

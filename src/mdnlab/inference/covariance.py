@@ -1,12 +1,14 @@
-"""Standard errors from A and B on the retained eigenspace of A: no silent jitter.
+"""The eigen-route: standard errors on the retained eigenspace of the curvature, no jitter.
 
-MDN weights are not identifiable (component permutations, hidden-unit symmetries), so A is
-singular, and away from an exact optimum it can be indefinite. A is eigendecomposed; the
-eigenpairs above ``eig_rtol`` times the largest eigenvalue are retained; the covariance
-estimates are pseudo-inverses on that space:
+MDN weights are not identifiable (component permutations, hidden-unit symmetries), so A (the
+Hessian of the mean NLL) is singular, and away from an exact optimum it can be indefinite. The
+curvature H (A itself for the plain MLE; A + (lambda/n) I for the penalized objective where its
+Cholesky factorisation fails, ``cholesky.py``) is eigendecomposed; the eigenpairs above
+``eig_rtol`` times the largest |eigenvalue| are retained; the covariance estimates are
+pseudo-inverses on that space:
 
     inverse Hessian  V_k L_k^-1 V_k' / n
-    sandwich         V_k L_k^-1 (V_k' B V_k) L_k^-1 V_k' / n
+    sandwich         V_k L_k^-1 (V_k' B V_k) L_k^-1 V_k' / n       (B centred, ``scores.py``)
 
 and never formed in full: only the variances the caller asks for.
 """
@@ -19,25 +21,21 @@ import numpy as np
 import scipy.linalg
 
 
-@dataclass
-class Curvature:
-    eigenvalues: np.ndarray  # all of A's, ascending
-    retained: np.ndarray  # boolean mask over eigenvalues
-    vectors: np.ndarray  # P x k, retained eigenvectors
-    inv_values: np.ndarray  # k, 1 / retained eigenvalues
-    projected_b: np.ndarray  # k x k, V_k' B V_k
-    n: int
+@dataclass(frozen=True)
+class Spectrum:
+    """A matrix's eigenvalues (ascending) against ``tol`` = eig_rtol * max |eigenvalue|."""
+
+    eigenvalues: np.ndarray
     tol: float
 
     @classmethod
-    def from_matrices(
-        cls, a: np.ndarray, b: np.ndarray, n: int, eig_rtol: float = 1e-8
-    ) -> Curvature:
-        values, vectors = scipy.linalg.eigh(a, driver="evd")
-        tol = eig_rtol * max(float(np.max(np.abs(values))), np.finfo(float).tiny)
-        retained = values > tol
-        v = vectors[:, retained]
-        return cls(values, retained, v, 1.0 / values[retained], v.T @ b @ v, n, tol)
+    def of(cls, eigenvalues: np.ndarray, eig_rtol: float) -> Spectrum:
+        scale = max(float(np.max(np.abs(eigenvalues), initial=0.0)), np.finfo(float).tiny)
+        return cls(np.asarray(eigenvalues), eig_rtol * scale)
+
+    @property
+    def retained(self) -> np.ndarray:
+        return self.eigenvalues > self.tol
 
     @property
     def n_null(self) -> int:
@@ -52,6 +50,31 @@ class Curvature:
         kept = self.eigenvalues[self.retained]
         return float(kept.max() / kept.min()) if kept.size else float("nan")
 
+
+@dataclass
+class Curvature:
+    spectrum: Spectrum  # of H = A + shift I, the matrix decomposed
+    vectors: np.ndarray  # P x k, retained eigenvectors
+    inv_values: np.ndarray  # k, 1 / retained eigenvalues
+    projected_b: np.ndarray  # k x k, V_k' B V_k
+    n: int
+    shift: float = 0.0  # lambda / n
+
+    @classmethod
+    def from_matrices(
+        cls, a: np.ndarray, b: np.ndarray, n: int, eig_rtol: float = 1e-8, shift: float = 0.0
+    ) -> Curvature:
+        """Eigen-route on H = ``a`` + ``shift`` I with the score covariance ``b``."""
+        h = a + shift * np.eye(a.shape[0]) if shift else a
+        values, vectors = scipy.linalg.eigh(h, driver="evd")
+        spectrum = Spectrum.of(values, eig_rtol)
+        v = vectors[:, spectrum.retained]
+        return cls(spectrum, v, 1.0 / values[spectrum.retained], v.T @ b @ v, n, shift)
+
+    def spectrum_of_a(self, eig_rtol: float) -> Spectrum:
+        """A's eigenvalues: H's less the shift (exactly, to rounding)."""
+        return Spectrum.of(self.spectrum.eigenvalues - self.shift, eig_rtol)
+
     def standard_errors(self, gradients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Delta-method SEs (inverse Hessian, sandwich) of quantities with these gradients.
 
@@ -62,9 +85,17 @@ class Curvature:
         var_sandwich = np.einsum("ij,jk,ik->i", w, self.projected_b, w) / self.n
         return np.sqrt(np.maximum(var_hessian, 0.0)), np.sqrt(np.maximum(var_sandwich, 0.0))
 
+    def weight_standard_errors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.standard_errors(np.eye(self.vectors.shape[0]))
+
     def identified(self, gradients: np.ndarray, threshold: float = 1e-6) -> np.ndarray:
         """False where more than ``threshold`` of a gradient's squared norm lies in the
         discarded eigenspace: the quantity moves along directions the data do not pin down."""
         total = np.sum(gradients**2, axis=1)
         inside = np.sum((gradients @ self.vectors) ** 2, axis=1)
         return (total - inside) <= threshold * np.maximum(total, np.finfo(float).tiny)
+
+    def effective_params(self) -> float:
+        """tr(A H^+): the sum over the retained eigenvalues h of H of (h - shift) / h; at
+        shift 0 the number of retained eigenvalues (tr(A A^+))."""
+        return float(self.inv_values.size - self.shift * np.sum(self.inv_values))

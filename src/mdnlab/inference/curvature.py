@@ -1,5 +1,7 @@
 """A (Hessian of the mean NLL) and B (mean outer product of per-sample scores) at theta.
 
+B here is uncentred; the sandwich centres it about the mean score (``scores.py``).
+
 Both are float64 P x P matrices built in data chunks, so memory stays at a few P x P
 matrices plus one chunk's worth of per-sample gradients (``chunk`` x P), never n x P at once.
 """

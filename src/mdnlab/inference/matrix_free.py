@@ -1,29 +1,32 @@
 """Delta-method standard errors without forming A: Hessian-vector products and Lanczos.
 
 For P beyond ``inference.dense_max_params`` neither A (the Hessian of the mean NLL) nor B (the
-mean outer product of per-sample scores) is formed. For a quantity with gradient g:
+centred covariance of the per-sample scores, ``scores.py``) is formed. The operator is the
+curvature of the training objective, H = A + (lambda/n) I (lambda = 0: the plain MLE). For a
+quantity with gradient g:
 
-    u = A_k^+ g        Lanczos on (A, g), Ritz pairs with values above ``eig_rtol`` of the
+    u = H_k^+ g        Lanczos on (H, g), Ritz pairs with values above ``eig_rtol`` of the
                        largest retained, the others (near-null, negative) discarded: the
-                       dense path's truncated pseudo-inverse, on the Krylov space of g
+                       dense path's truncated pseudo-inverse, on the Krylov space of g. With
+                       lambda > 0 the caller passes eig_rtol = 0: H is positive definite at a
+                       minimum (Ritz values at least lambda/n), so only non-positive Ritz
+                       values are discarded and u = H^-1 g, the dense Cholesky route's
     se_hessian^2  = g'u / n
-    se_sandwich^2 = u'B u / n = mean_i (s_i'u)^2 / n      (s_i'u for all rows: one pass per chunk)
+    se_sandwich^2 = u'B u / n = var_i(s_i'u) / n          (s_i'u for all rows: one pass per chunk)
 
 A v is a double-backward through per-chunk gradient graphs that are built once (with
 ``create_graph``) and reused by every product, so one product costs one backward pass over
 the data rather than a forward and two backward passes.
 
-Many quantities mean many solves. Gradients of smooth quantities at nearby points are close to
-linearly dependent (100 points x 2 quantities of a 1-d MDN have numerical rank ~50), so the
-rows of G, scaled to unit norm, are replaced by an orthonormal basis of their span (SVD,
-singular values above ``basis_rtol`` of the largest); one solve per basis vector; each
-quantity's u is the same combination of the basis solutions as its gradient is of the basis.
-Convergence is judged per quantity on the combination of the basis solves' residuals.
+Many quantities mean many solves: the rows of G are replaced by an orthonormal basis of their
+span (``delta.gradient_basis``); one solve per basis vector; each quantity's u is the same
+combination of the basis solutions as its gradient is of the basis. Convergence is judged per
+quantity on the combination of the basis solves' residuals.
 
 No eigendecomposition: the spectrum, the null-space count and the condition number are not
-available. A few Lanczos steps from a random vector give Ritz values that bound A's extreme
+available. A few Lanczos steps from a random vector give Ritz values that bound H's extreme
 eigenvalues: the largest Ritz value is a lower bound on the largest eigenvalue, the smallest an
-upper bound on the smallest, so a negative one proves that A has a negative eigenvalue.
+upper bound on the smallest, so a negative one proves that H has a negative eigenvalue.
 """
 
 from __future__ import annotations
@@ -36,11 +39,14 @@ import scipy.linalg
 import torch
 from scipy.sparse.linalg import LinearOperator
 
+from mdnlab.inference.delta import gradient_basis, quadratic_forms
 from mdnlab.inference.functional import FlatModel
+from mdnlab.inference.scores import ScoreDirections
 
 
 class HessianOperator(LinearOperator):
-    """v -> A v, A = -(1/n) sum_i d^2 log q(y_i|x_i) / d theta^2, never formed.
+    """v -> (A + shift I) v, A = -(1/n) sum_i d^2 log q(y_i|x_i) / d theta^2, never formed;
+    ``shift`` = lambda/n for the penalized objective, 0 for the plain MLE.
 
     With ``cache_graph`` the per-chunk gradient graphs are kept between products (a few KiB
     per data row); without it each product rebuilds them chunk by chunk.
@@ -53,6 +59,7 @@ class HessianOperator(LinearOperator):
         y: torch.Tensor,
         chunk: int = 2048,
         cache_graph: bool = True,
+        shift: float = 0.0,
     ):
         p = flat.n_params
         super().__init__(dtype=np.float64, shape=(p, p))
@@ -60,6 +67,7 @@ class HessianOperator(LinearOperator):
         self.n = int(x.shape[0])
         self.theta = flat.theta.detach().clone().requires_grad_(True)
         self.cache_graph = cache_graph
+        self.shift = float(shift)
         self.products = 0
         self.product_seconds = 0.0
         self._graphs: list[torch.Tensor] = []
@@ -68,7 +76,7 @@ class HessianOperator(LinearOperator):
             total += gradient.detach()
             if cache_graph:
                 self._graphs.append(gradient)
-        self.gradient = (total / self.n).numpy()  # of the mean NLL
+        self.gradient = (total / self.n).numpy()  # of the mean NLL, without the penalty
 
     def _chunk_gradients(self):
         for start in range(0, self.n, self.chunk):
@@ -89,7 +97,7 @@ class HessianOperator(LinearOperator):
             out += product
         self.products += 1
         self.product_seconds += time.perf_counter() - started
-        return (out / self.n).numpy()
+        return (out / self.n).numpy() + self.shift * np.asarray(v).reshape(-1)
 
     def _adjoint(self):
         return self  # symmetric
@@ -97,54 +105,6 @@ class HessianOperator(LinearOperator):
     @property
     def seconds_per_product(self) -> float:
         return self.product_seconds / max(self.products, 1)
-
-
-def directional_scores(
-    flat: FlatModel, x: torch.Tensor, y: torch.Tensor, directions: np.ndarray, chunk: int = 2048
-) -> np.ndarray:
-    """(n, r): s_i' d_k for every row i and direction d_k (columns of ``directions``, P x r).
-
-    Reverse mode only (works wherever the Hessian products do): per chunk, J'w is built once
-    with ``create_graph``, and d/dw (J'w)'d = J d for each direction.
-    """
-    theta = flat.theta.detach().clone().requires_grad_(True)
-    d = torch.as_tensor(directions, dtype=torch.float64)
-    out = []
-    for start in range(0, x.shape[0], chunk):
-        log_prob = flat.log_prob(theta, x[start : start + chunk], y[start : start + chunk])
-        w = torch.zeros_like(log_prob, requires_grad=True)
-        (jtw,) = torch.autograd.grad(log_prob, theta, grad_outputs=w, create_graph=True)
-        columns = [
-            torch.autograd.grad(jtw, w, grad_outputs=d[:, k], retain_graph=k < d.shape[1] - 1)[0]
-            for k in range(d.shape[1])
-        ]
-        out.append(torch.stack(columns, dim=1).detach() if columns else log_prob.new_zeros(0, 0))
-    return torch.cat(out).numpy() if d.shape[1] else np.zeros((x.shape[0], 0))
-
-
-def gradient_basis(gradients: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray]:
-    """Q (P x r, orthonormal columns) and C (m x r) with G ~= C Q'.
-
-    Rows are scaled to unit norm first, so each row keeps ``rtol`` relative accuracy whatever
-    its units; ``rtol`` = 0 solves for the distinct nonzero rows themselves (Q not orthonormal
-    then, and no approximation at all).
-    """
-    m = gradients.shape[0]
-    norms = np.linalg.norm(gradients, axis=1)
-    nonzero = norms > 0
-    if not nonzero.any():
-        return np.zeros((gradients.shape[1], 0)), np.zeros((m, 0))
-    if rtol <= 0:
-        distinct, inverse = np.unique(gradients[nonzero], axis=0, return_inverse=True)
-        coefficients = np.zeros((m, len(distinct)))
-        coefficients[np.flatnonzero(nonzero), inverse.reshape(-1)] = 1.0
-        return distinct.T, coefficients
-    scaled = gradients[nonzero] / norms[nonzero, None]
-    left, values, right_t = scipy.linalg.svd(scaled, full_matrices=False)
-    keep = values > rtol * values[0]
-    coefficients = np.zeros((m, int(keep.sum())))
-    coefficients[nonzero] = (left[:, keep] * values[keep]) * norms[nonzero, None]
-    return right_t[keep].T, coefficients
 
 
 @dataclass
@@ -266,8 +226,8 @@ def solve_standard_errors(
     converged = residual <= rtol * (1 + 1e-6)
     n = operator.n
     var_hessian = np.einsum("pm,mp->m", u, gradients) / n
-    scores = directional_scores(operator.flat, x, y, solutions, chunk)  # n x r
-    var_sandwich = np.mean((scores @ coefficients.T) ** 2, axis=0) / n
+    scores = ScoreDirections(operator.flat, x, y, chunk)
+    var_sandwich = quadratic_forms(coefficients, scores.project(solutions)) / n
     se_h = np.where(converged, np.sqrt(np.maximum(var_hessian, 0.0)), np.nan)
     se_s = np.where(converged, np.sqrt(np.maximum(var_sandwich, 0.0)), np.nan)
     report = SolveReport(

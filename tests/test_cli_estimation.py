@@ -1,0 +1,98 @@
+"""End-to-end estimation options: restarts, the penalty and its selection, their errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, cli_env, run_cli
+from mlflow.tracking import MlflowClient
+
+from mdnlab.module import MDNModule
+
+pytestmark = pytest.mark.slow
+
+
+def only_run(tmp_path):
+    client = MlflowClient(tracking_uri=cli_env(tmp_path)["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("file")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def file_args(path) -> list[str]:
+    return ["data=file", f"data.path={path}", "data.x_cols=[x]", "data.y_cols=[y]"]
+
+
+def test_restarts_log_every_member_and_keep_the_best(tmp_path, tiny_csv):
+    result = run_cli([*file_args(tiny_csv), *TINY, "train.restarts=3", "train.penalty=2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    client, run = only_run(tmp_path)
+    metrics = run.data.metrics
+    assert metrics["train/penalty"] == 2.0
+    objective = client.get_metric_history(run.info.run_id, "restarts/objective")
+    assert [m.step for m in objective] == [0, 1, 2]
+    values = [m.value for m in objective]
+    best = int(run.data.tags["restarts.best"])
+    assert values[best] == min(values) == pytest.approx(metrics["train/objective"], abs=1e-12)
+    for name in ("restarts/val_nll", "restarts/grad_norm"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 3
+
+    local = tmp_path / "artifacts"
+    local.mkdir()
+    client.download_artifacts(run.info.run_id, "", str(local))
+    table = pd.read_csv(local / "restarts" / "restarts.csv")
+    assert list(table.restart) == [0, 1, 2] and table.best.sum() == 1
+    assert int(table.restart[table.best].iloc[0]) == best
+    # Every restart loads on its own, and its objective is the logged one.
+    frame = pd.read_csv(tiny_csv)
+    for r in range(3):
+        module = MDNModule.load_from_checkpoint(local / "restarts" / f"restart_{r}.ckpt")
+        assert module.family.n_components == 2
+    winner = MDNModule.load_from_checkpoint(local / "model" / "model.ckpt")
+    again = MDNModule.load_from_checkpoint(local / "restarts" / f"restart_{best}.ckpt")
+    x = torch.tensor(frame[["x"]].to_numpy())
+    with torch.no_grad():
+        np.testing.assert_array_equal(winner.net(x).numpy(), again.net(x).numpy())
+    # The penalty term is lambda / (2 n_train) |theta|^2 of the winner; n_train = 120 - 2 * 18.
+    squares = sum(float(p.detach().pow(2).sum()) for p in winner.net.parameters())
+    assert metrics["train/penalty_term"] == pytest.approx(2.0 / (2 * 84) * squares, rel=1e-10)
+    assert metrics["train/objective"] == pytest.approx(
+        metrics["train/nll"] + metrics["train/penalty_term"], rel=1e-10
+    )
+
+
+def test_evidence_selection_logs_the_chosen_penalty(tmp_path, tiny_csv):
+    args = [
+        *file_args(tiny_csv),
+        *TINY,
+        "train.penalty_select=evidence",
+        "train.polish_max_iter=400",
+    ]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    _, run = only_run(tmp_path)
+    metrics = run.data.metrics
+    assert metrics["train/penalty"] > 0 and metrics["train/penalty"] != 1.0
+    assert 0 < metrics["train/effective_params"] <= metrics["inference/n_params"]
+    assert np.isfinite(metrics["train/log_evidence"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.penalty=-1", "train.penalty must be a finite number >= 0"),
+        ("train.penalty=abc", "train.penalty must be a number"),
+        ("train.restarts=0", "train.restarts must be a positive integer"),
+        ("train.penalty_select=bic", "train.penalty_select='bic'"),
+    ],
+)
+def test_bad_estimation_options_stop_before_any_run(tmp_path, tiny_csv, override, expected):
+    result = run_cli([*file_args(tiny_csv), *TINY, override], tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr.strip().splitlines()[-1]
+    if (tmp_path / "mlflow.db").exists():
+        client = MlflowClient(tracking_uri=cli_env(tmp_path)["MLFLOW_TRACKING_URI"])
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
