@@ -70,6 +70,26 @@ def test_member_objective_gradient_matches_finite_differences():
         assert float(objective(module, x, y, 2.5).detach()) == pytest.approx(want, rel=1e-12)
 
 
+def test_row_weights_count_rows_like_a_resampled_dataset():
+    """A bootstrap member is a member whose rows carry multinomial counts: its objective must
+    equal the plain objective on the dataset with each row repeated that many times."""
+    x, y = two_branch_data(50)
+    make = gaussian_maker(x, y, hidden=(3,))
+    modules = [make(s) for s in (0, 1)]
+    counts = torch.tensor(
+        np.random.default_rng(2).multinomial(50, [1 / 50] * 50, size=2), dtype=torch.float64
+    )
+    members = BatchedMLP.from_members([m.net for m in modules])
+    ensemble = MemberEnsemble(modules[0], members, 50, 1.5, row_weights=counts)
+    got = ensemble.objective(x, y).detach()
+    for r, module in enumerate(modules):
+        rows = torch.repeat_interleave(torch.arange(50), counts[r].long())
+        want = objective(module, x[rows], y[rows], 1.5).detach()
+        assert float(got[r]) == pytest.approx(float(want), rel=1e-12)
+    only_second = ensemble.objective(x, y, theta=members.flat()[[1]], members=torch.tensor([1]))
+    assert float(only_second[0].detach()) == pytest.approx(float(got[1]), rel=1e-14)
+
+
 def test_batched_restarts_equal_sequential_fits():
     x, y = two_branch_data(240)
     data = FitData(x[:160], y[:160], x[160:200], y[160:200])
