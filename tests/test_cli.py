@@ -61,6 +61,9 @@ def test_single_run_logs_metrics_params_tags_and_artifacts(tmp_path, tiny_csv):
         "plots/hessian_spectrum.png",
         "plots/confidence_bands.png",
         "inference/bands.csv",
+        "diagnostics/identifiability.json",
+        "diagnostics/components.csv",
+        "diagnostics/component_weights.png",
     ]:
         assert (local / path).is_file(), path
 
@@ -80,8 +83,16 @@ def test_single_run_logs_metrics_params_tags_and_artifacts(tmp_path, tiny_csv):
         "estimate",
         "se_hessian",
         "se_sandwich",
+        "identified",
     ]
-    assert set(predictions.quantity) == {"mean[0]", "cov[0,0]"}
+    # the mixture's quantities, then per ordered component its weight and mean
+    per_component = {
+        f"{name}[{k}{rest}]"
+        for k in (0, 1)
+        for name, rest in (("weight", ""), ("component_mean", ",0"))
+    }
+    assert set(predictions.quantity) == {"mean[0]", "cov[0,0]"} | per_component
+    assert metrics["diagnostics/effective_components"] in (1.0, 2.0)
     assert predictions.point.nunique() == len(splits.test)
     # Predicted means at the test points, in original units, from the mixture's own parameters.
     with torch.no_grad():

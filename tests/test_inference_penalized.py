@@ -108,7 +108,9 @@ def bimodal_data(n, seed):
 
 def small_mdn(x, y, seed=0):
     torch.manual_seed(seed)
-    module = MDNModule(in_dim=1, event_shape=[1], n_components=2, hidden_sizes=[3])
+    module = MDNModule(
+        in_dim=1, event_shape=[1], n_components=2, hidden_sizes=[3], identifiability="none"
+    )
     xt, yt = torch.tensor(x[:, None]), torch.tensor(y[:, None])
     module.x_scaler.fit(xt)
     module.y_scaler.fit(yt)

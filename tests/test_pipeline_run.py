@@ -84,7 +84,21 @@ def test_inference_points_file_sets_the_prediction_rows(tmp_path, tiny_csv):
     path = client.download_artifacts(run_.info.run_id, "inference/predictions.csv", str(tmp_path))
     frame = pd.read_csv(path)
     assert sorted(frame.point.unique()) == [0, 1, 2]
-    assert len(frame) == 3 * 2  # mean[0] and cov[0,0] at each point
+    # mean[0] and cov[0,0], then weight[k] and component_mean[k,0] of the K = 2 ordered
+    # components at each point
+    assert len(frame) == 3 * (2 + 2 * 2)
+    assert frame.quantity[:6].tolist() == [
+        "mean[0]",
+        "cov[0,0]",
+        "weight[0]",
+        "component_mean[0,0]",
+        "weight[1]",
+        "component_mean[1,0]",
+    ]
+    weights = frame[frame.quantity.str.startswith("weight")].groupby("point").estimate
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-12)
+    # ordered by mean weight over the training x, not at every point; identified is a flag
+    assert frame.identified.dtype == bool and frame.identified[frame.quantity == "mean[0]"].all()
     assert (frame[frame.quantity == "cov[0,0]"].estimate > 0).all()
     # Filled by the inference step: finite, positive standard errors for every quantity.
     assert (frame.se_hessian > 0).all() and (frame.se_sandwich > 0).all()

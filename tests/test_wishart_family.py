@@ -355,7 +355,8 @@ def test_module_round_trip_log_prob_and_gradient():
     grads = [p.grad for p in module.parameters()]
     assert all(g is not None and torch.all(torch.isfinite(g)) for g in grads)
     out = module.quantities(x_t)
-    assert len(out) == 6 and all(torch.all(torch.isfinite(v)) for v in out.values())
+    # 6 entries of E[Y|x]; ordered components add weight[k] and 6 component_mean[k,i,j] each
+    assert len(out) == 6 + 2 * 7 and all(torch.all(torch.isfinite(v)) for v in out.values())
     # The scaler is in the state dict, so a checkpoint carries it.
     state = module.state_dict()
     assert "y_scaler.d" in state

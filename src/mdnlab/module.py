@@ -11,10 +11,14 @@ import pytorch_lightning as pl
 import torch
 from torch.distributions import MixtureSameFamily
 
-from mdnlab.errors import TrainingError
+from mdnlab.errors import ConfigError, TrainingError
 from mdnlab.families import build_family
 from mdnlab.nets import mlp
 from mdnlab.scaling import AffineScaler
+
+# none: components keep the labels the fit gave them; ordered: relabelled after each fit in the
+# canonical order (diagnostics/labels.py), and per-component quantities are reported.
+IDENTIFIABILITY = ("none", "ordered")
 
 
 class MDNModule(pl.LightningModule):
@@ -28,9 +32,15 @@ class MDNModule(pl.LightningModule):
         activation: str = "tanh",
         lr: float = 1e-2,
         weight_decay: float = 0.0,
+        identifiability: str = "ordered",
         **family_options,
     ):
         super().__init__()
+        if identifiability not in IDENTIFIABILITY:
+            raise ConfigError(
+                f"model.identifiability={identifiability!r}; expected one of "
+                f"{', '.join(IDENTIFIABILITY)}"
+            )
         # Plain Python values only, so that checkpoints load with torch's weights_only default.
         event_shape = [int(v) for v in event_shape]
         hidden_sizes = [int(h) for h in hidden_sizes]
@@ -56,8 +66,25 @@ class MDNModule(pl.LightningModule):
         """Mean negative log-likelihood, nats per sample, original units."""
         return -self.log_prob(x, y).mean()
 
+    @property
+    def ordered(self) -> bool:
+        return self.hparams.get("identifiability", "ordered") == "ordered"
+
     def quantities(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.family.quantities(self.mixture(x), self.y_scaler)
+        """The mixture's identifiable summaries; with ordered components (K > 1) also each
+        component's weight ``weight[k]`` and own summaries (``component_mean[k,j]``, ...)."""
+        mixture = self.mixture(x)
+        out = self.family.quantities(mixture, self.y_scaler)
+        if self.ordered and self.family.n_components > 1:
+            summaries = self.component_summaries(mixture)
+            for k in range(self.family.n_components):
+                out |= {name.format(k=k): values[:, k] for name, values in summaries.items()}
+        return out
+
+    def component_summaries(self, mixture: MixtureSameFamily) -> dict[str, torch.Tensor]:
+        """``weight[{k}]`` and the family's component summaries, each (batch, K)."""
+        summaries = {"weight[{k}]": mixture.mixture_distribution.probs}
+        return summaries | self.family.component_quantities(mixture, self.y_scaler)
 
     # --- Lightning -----------------------------------------------------------------------------
     def _step(self, batch, stage: str) -> torch.Tensor:

@@ -28,6 +28,8 @@ from mdnlab import plots, run_figures, tracking
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
+from mdnlab.diagnostics.labels import identified_flags
+from mdnlab.diagnostics.report import diagnose
 from mdnlab.errors import ConfigError, DataError, TrainingError
 from mdnlab.estimation.adam import TrainerSettings
 from mdnlab.estimation.fit import (
@@ -39,6 +41,7 @@ from mdnlab.estimation.fit import (
     member_seeds,
 )
 from mdnlab.estimation.objective import check_penalty
+from mdnlab.estimation.ordering import OrderingReport, order_members
 from mdnlab.estimation.selection import select_penalty
 from mdnlab.families import family_class
 from mdnlab.inference.functional import FlatModel
@@ -116,6 +119,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if inference is not None:
             metrics.update(inference.metrics)
             log.set_tags({"inference.path": inference.path})
+        metrics |= diagnose(fit, data.x["train"], artifacts / "diagnostics", run_name(cfg), label)
         metrics["run/seconds"] = time.perf_counter() - started
         write_artifacts(
             cfg, module, table, splits, artifacts, history, metrics, x_points, inference
@@ -306,6 +310,7 @@ class Fit:
     members: list[MemberResult]
     best: MemberResult
     penalty: float
+    ordering: OrderingReport | None = None
 
 
 def estimate(cfg, table: Table, data: SplitTensors, estimation: Estimation, label: str) -> Fit:
@@ -339,6 +344,9 @@ def estimate(cfg, table: Table, data: SplitTensors, estimation: Estimation, labe
         metrics["train/log_evidence"] = choice.log_evidence
         metrics["train/effective_params"] = choice.effective_params
         metrics["train/evidence_iterations"] = float(choice.iterations)
+    ordering = None
+    if members[0].module.ordered:
+        ordering = order_members(ensemble, members, fit_data, estimation.polish, label)
     best = best_member(members)
     module = best.module
     metrics.update(
@@ -362,7 +370,7 @@ def estimate(cfg, table: Table, data: SplitTensors, estimation: Estimation, labe
             f"{label}the polish stopped at max|grad| {best.grad_max:.2e} > "
             f"train.polish_tol {estimation.polish.tol:g}; standard errors assume a converged fit"
         )
-    return Fit(module, metrics, best.history, members, best, penalty)
+    return Fit(module, metrics, best.history, members, best, penalty, ordering)
 
 
 def train_and_evaluate(cfg, table, data: SplitTensors, estimation: Estimation, artifacts, label):
@@ -566,6 +574,7 @@ def write_artifacts(
     predictions = (
         inference.predictions if inference is not None else predictions_frame(module, x_points)
     )
+    predictions = predictions.assign(identified=identified_flags(predictions))
     predictions.to_csv(artifacts / "inference" / "predictions.csv", index=False)
 
     title = run_name(cfg)

@@ -11,6 +11,7 @@ result is the one it would reach alone.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -96,8 +97,9 @@ class ProgressLines(Callback):
             return
         line = f"{self.label}epoch {trainer.current_epoch + 1}/{self.max_epochs}"
         train = module.epoch_history["train"]
-        if train:
-            line += f"  train/nll {min(train[-1]):.4f}"
+        active = [v for v in train[-1] if math.isfinite(v)] if train else []  # stopped: NaN
+        if active:
+            line += f"  train/nll {min(active):.4f}"
         if self.stopping is not None and bool((self.stopping.best_epoch >= 0).any()):
             line += f"  best val/nll {float(self.stopping.best.min()):.4f}"
             if module.n_members > 1:

@@ -102,10 +102,47 @@ class Family(ABC):
         """Metrics beyond the NLL for one split, unprefixed (``accuracy``)."""
         return {}
 
+    def component_quantities(
+        self, mixture: MixtureSameFamily, scaler: nn.Module
+    ) -> dict[str, torch.Tensor]:
+        """Each component's own summaries in the original units of y, each of shape
+        (batch, K), keyed by a name template with ``{k}`` for the component:
+        ``component_mean[{k},0]``. The first entry breaks ties in the canonical order. Not
+        identified across fits without an order on the labels (``diagnostics/labels.py``)."""
+        return {}
+
+    def identifiability_notes(self) -> list[str]:
+        """What this family's parameterisation leaves unidentified whatever the data."""
+        return []
+
     # --- the shared path ---------------------------------------------------------------------
     @property
     def n_raw_outputs(self) -> int:
         return (self.n_components - 1) + self.n_components * self.params_per_component
+
+    def relabelling(self, order) -> torch.Tensor:
+        """(n_raw_outputs, n_raw_outputs) T with raw' = T raw: the same mixture with its
+        components listed in ``order`` (new component j is old component ``order[j]``).
+
+        Component blocks are permuted; the free logits are re-referenced to the new last
+        component, l'_j = l_order[j] - l_order[K-1], with the old K-th logit fixed at 0. So
+        relabelling is linear in the head's outputs, exact, and applies to its weights.
+        """
+        k, m, c = self.n_components, self.n_raw_outputs, self.params_per_component
+        order = [int(i) for i in order]
+        if sorted(order) != list(range(k)):
+            raise ValueError(f"{order} is not a permutation of 0..{k - 1}")
+        t = torch.zeros(m, m, dtype=torch.float64)
+        last = order[-1]
+        for j in range(k - 1):
+            if order[j] < k - 1:
+                t[j, order[j]] += 1.0
+            if last < k - 1:
+                t[j, last] -= 1.0
+        for j in range(k):
+            new, old = k - 1 + j * c, k - 1 + order[j] * c
+            t[new : new + c, old : old + c] = torch.eye(c, dtype=torch.float64)
+        return t
 
     def mixture(self, raw: torch.Tensor) -> MixtureSameFamily:
         """Raw head outputs (batch, n_raw_outputs) -> q(y_standardised | x)."""

@@ -156,6 +156,25 @@ class CategoricalFamily(Family):
                 out[f"prob[{d},{c}]"] = probs[:, c]
         return out
 
+    def component_quantities(
+        self, mixture: MixtureSameFamily, scaler: IdentityScaler
+    ) -> dict[str, torch.Tensor]:
+        """``component_prob[{k},d,c]``: component k's probability of class c of variable d."""
+        out = {}
+        for d, probs in enumerate(mixture.component_distribution.probs):  # (batch, K, C_d)
+            for c in range(probs.shape[-1]):
+                out[f"component_prob[{{k}},{d},{c}]"] = probs[..., c]
+        return out
+
+    def identifiability_notes(self) -> list[str]:
+        if self.dim == 1 and self.n_components > 1:
+            return [
+                f"K = {self.n_components} > 1 is not identified: a mixture of categoricals on one "
+                "variable is one categorical (probabilities sum_k pi_k p_k), so the mixing "
+                "weights and components are not identified; only prob[0,c] is"
+            ]
+        return []
+
     def evaluation_metrics(
         self, mixture: MixtureSameFamily, y_standardised: torch.Tensor
     ) -> dict[str, float]:

@@ -79,6 +79,13 @@ class GaussianFamily(Family):
                 out[f"cov[{i},{j}]"] = cov[:, i, j]
         return out
 
+    def component_quantities(
+        self, mixture: MixtureSameFamily, scaler: AffineScaler
+    ) -> dict[str, torch.Tensor]:
+        """``component_mean[{k},j]``: component k's mean of y_j, original units."""
+        means = scaler.inverse(mixture.component_distribution.mean)
+        return {f"component_mean[{{k}},{j}]": means[..., j] for j in range(self.dim)}
+
     @classmethod
     def prepare_targets(cls, y: np.ndarray, source: str, columns: list[str]) -> np.ndarray:
         if y.ndim != 2:

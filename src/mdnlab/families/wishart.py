@@ -167,6 +167,19 @@ class WishartFamily(Family):
         mean = scaler.inverse(mixture_mean(mixture))
         return {f"mean[{i},{j}]": mean[:, i, j] for i in range(self.dim) for j in range(i + 1)}
 
+    def component_quantities(
+        self, mixture: MixtureSameFamily, scaler: WishartScaler
+    ) -> dict[str, torch.Tensor]:
+        """``component_mean[{k},i,j]``: component k's mean matrix df_k S_k, original units."""
+        components = mixture.component_distribution
+        scale = components.scale_tril @ components.scale_tril.transpose(-1, -2)
+        means = scaler.inverse(components.df[..., None, None] * scale)  # (batch, K, p, p)
+        return {
+            f"component_mean[{{k}},{i},{j}]": means[..., i, j]
+            for i in range(self.dim)
+            for j in range(i + 1)
+        }
+
     @classmethod
     def prepare_targets(cls, y: np.ndarray, source: str, columns: list[str]) -> np.ndarray:
         y = np.asarray(y, dtype=np.float64)
