@@ -19,7 +19,9 @@ torch.set_num_threads(1)
 
 def small_model(seed=0, q=2, hidden=(3,), k=2):
     torch.manual_seed(seed)
-    module = MDNModule(in_dim=1, event_shape=[q], n_components=k, hidden_sizes=list(hidden))
+    module = MDNModule(
+        in_dim=1, event_shape=[q], n_components=k, hidden_sizes=list(hidden), identifiability="none"
+    )
     x = torch.randn(40, 1, dtype=torch.float64)
     y = torch.randn(40, q, dtype=torch.float64) * 2 + 1
     module.x_scaler.fit(x)

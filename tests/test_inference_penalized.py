@@ -411,3 +411,91 @@ def test_matrix_free_with_a_penalty_matches_the_dense_cholesky_route(fitted):
     assert free.metrics["inference/eig_max_estimate"] == pytest.approx(
         dense.eigenvalues.max() + shift, rel=1e-6
     )
+
+
+# --- Takeuchi's trace tr(A_lambda^-1 B) ------------------------------------------------------
+def torch_func_a_and_b(flat, xt, yt):
+    """A (Hessian of the mean NLL, ``torch.func.hessian``) and the centred B (per-row scores by
+    ``torch.func.jacrev``), independently of mdnlab's curvature code."""
+    theta = flat.theta.detach().clone()
+    a = torch.func.hessian(lambda t: -flat.log_prob(t, xt, yt).mean())(theta).numpy()
+    scores = torch.func.jacrev(lambda t: flat.log_prob(t, xt, yt))(theta).numpy()  # n x P
+    centred = scores - scores.mean(axis=0)
+    return (a + a.T) / 2, centred.T @ centred / xt.shape[0]
+
+
+def test_tic_trace_exact_with_a_penalty_matches_the_numpy_reference(fitted):
+    """lambda = 1: tr(A_lambda^-1 B) with the numpy MDN's finite-difference Hessian of J and
+    centred score covariance, and with torch.func's A and B."""
+    module, xt, yt, reference, theta_ref, penalty = fitted
+    result = run_inference(module, xt, yt, POINTS, penalty=penalty)
+    assert result.metrics["inference/cholesky"] == 1.0
+    assert "inference/tic_trace_se" not in result.metrics
+    assert result.metrics["inference/n_rows"] == 300
+    _, _, hessian, b = reference_standard_errors(reference, theta_ref, penalty, np.eye(26))
+    want = np.trace(np.linalg.solve(hessian, b))
+    assert result.metrics["inference/tic_trace"] == pytest.approx(want, rel=1e-6)
+    a, b_func = torch_func_a_and_b(FlatModel(module), xt, yt)
+    shift = penalty / xt.shape[0]
+    exact = np.trace(np.linalg.solve(a + shift * np.eye(len(a)), b_func))
+    assert result.metrics["inference/tic_trace"] == pytest.approx(exact, rel=1e-9)
+
+
+def test_tic_trace_at_zero_penalty_is_the_pseudo_inverse_trace_on_the_retained_eigenspace():
+    """lambda = 0 at the MLE of the saturated design (A singular, 6 of 14 eigenvalues kept):
+    tr(A^+ B) with A^+ the pseudo-inverse on the eigenvectors above eig_rtol."""
+    levels, x, y, module = saturated_gaussian_fit()
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    a, b = torch_func_a_and_b(FlatModel(module), xt, yt)
+    values, vectors = np.linalg.eigh(a)
+    keep = values > 1e-8 * np.abs(values).max()
+    assert keep.sum() == 6
+    pinv = vectors[:, keep] @ np.diag(1 / values[keep]) @ vectors[:, keep].T
+    want = np.trace(pinv @ b)
+    for max_params in (4000, 10):  # B is formed on the eigen-route either way: exact
+        result = run_inference(module, xt, yt, levels[:, None], weight_se_max_params=max_params)
+        assert result.metrics["inference/cholesky"] == 0.0
+        assert result.metrics["inference/tic_trace"] == pytest.approx(want, rel=1e-8)
+        assert "inference/tic_trace_se" not in result.metrics
+    # t_5 noise: B is not A (the variance's score has a fourth moment), so the trace is not 6
+    assert want > 6.5
+
+
+def test_tic_trace_by_hutchinson_on_the_route_without_b(fitted):
+    module, xt, yt, _, _, penalty = fitted
+    flat = FlatModel(module)
+    n, shift, p = xt.shape[0], penalty / xt.shape[0], flat.n_params
+    a, b = torch_func_a_and_b(flat, xt, yt)
+    exact = np.trace(np.linalg.solve(a + shift * np.eye(p), b))
+    quick = run_inference(module, xt, yt, POINTS, penalty=penalty, weight_se_max_params=10)
+    estimate, se = quick.metrics["inference/tic_trace"], quick.metrics["inference/tic_trace_se"]
+    assert quick.metrics["inference/weight_ses"] == 0.0 and quick.metrics["inference/cholesky"]
+    assert abs(estimate - exact) < 4 * se and 0 < se < 0.2 * exact
+
+    probes = 4000
+    hessian = hessian_mean_nll(flat, xt, yt).numpy()
+    cholesky = CholeskyCurvature.factor(hessian, shift, ScoreDirections(flat, xt, yt), n)
+    estimate, se = cholesky.tic_trace(probes=probes, seed=5)
+    assert abs(estimate - exact) < 4 * se
+    lower = np.linalg.cholesky(a + shift * np.eye(p))
+    c = np.linalg.solve(lower, np.linalg.solve(lower, b).T)  # L^-1 B L^-T
+    theory = np.sqrt(2 * (np.sum(c**2) - np.sum(np.diag(c) ** 2)) / probes)
+    assert se == pytest.approx(theory, rel=0.15)
+
+
+def test_tic_trace_counts_the_weights_of_a_well_specified_model():
+    """K = 1, linear head, in_dim 1: 4 weights (mean and raw scale, each a + b x); y linear in x
+    with constant Gaussian noise, n = 5,000, the MLE (lambda = 0): tr(A^-1 B) -> 4 (B = A)."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-2, 2, (5000, 1))
+    y = 1.0 + 2.0 * x + 0.7 * rng.standard_normal((5000, 1))
+    torch.manual_seed(0)
+    module = MDNModule(in_dim=1, event_shape=[1], n_components=1, hidden_sizes=[])
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    module.x_scaler.fit(xt)
+    module.y_scaler.fit(yt)
+    result = polish(lambda: module.nll(xt, yt), list(module.net.parameters()), 1e-10)
+    assert result.converged
+    metrics = run_inference(module, xt, yt, POINTS).metrics
+    assert metrics["inference/n_params"] == 4 and metrics["inference/effective_params"] == 4
+    assert metrics["inference/tic_trace"] == pytest.approx(4.0, rel=0.15)

@@ -29,7 +29,7 @@ from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
 from mdnlab.diagnostics.labels import identified_flags
-from mdnlab.diagnostics.report import diagnose
+from mdnlab.diagnostics.report import DiagnosticSettings, diagnose
 from mdnlab.errors import ConfigError, DataError, TrainingError
 from mdnlab.estimation.adam import TrainerSettings
 from mdnlab.estimation.fit import (
@@ -77,6 +77,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
 
     estimation = Estimation.from_config(cfg)
+    diagnostics = DiagnosticSettings.from_config(cfg.get("diagnostics"))
     table, splits = load_data(cfg)
     data = SplitTensors.from_table(table, splits)
     module = build_module(cfg, table, data)  # to check the model and count its weights
@@ -119,10 +120,29 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if inference is not None:
             metrics.update(inference.metrics)
             log.set_tags({"inference.path": inference.path})
-        metrics |= diagnose(fit, data.x["train"], artifacts / "diagnostics", run_name(cfg), label)
+        if diagnostics.enabled:
+            metrics |= diagnose(
+                fit,
+                data.x["train"],
+                data.y["train"],
+                inference,
+                diagnostics,
+                artifacts / "diagnostics",
+                run_name(cfg),
+                label,
+            )
         metrics["run/seconds"] = time.perf_counter() - started
         write_artifacts(
-            cfg, module, table, splits, artifacts, history, metrics, x_points, inference
+            cfg,
+            module,
+            table,
+            splits,
+            artifacts,
+            history,
+            metrics,
+            x_points,
+            inference,
+            diagnostics.identified_z,
         )
         log.log_metrics(metrics)
         for name, values in {**history, **restart_curves(fit)}.items():
@@ -550,6 +570,7 @@ def write_artifacts(
     metrics,
     x_points,
     inference: InferenceResult | None,
+    identified_z: float = 3.0,
 ):
     (artifacts / "plots").mkdir(parents=True, exist_ok=True)
     (artifacts / "inference").mkdir(parents=True, exist_ok=True)
@@ -574,7 +595,7 @@ def write_artifacts(
     predictions = (
         inference.predictions if inference is not None else predictions_frame(module, x_points)
     )
-    predictions = predictions.assign(identified=identified_flags(predictions))
+    predictions = predictions.assign(identified=identified_flags(predictions, identified_z))
     predictions.to_csv(artifacts / "inference" / "predictions.csv", index=False)
 
     title = run_name(cfg)
@@ -591,6 +612,7 @@ def write_artifacts(
         title,
         inference,
         float(cfg.inference.eig_rtol),
+        metrics,
     )
 
 

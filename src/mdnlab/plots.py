@@ -110,8 +110,17 @@ def prediction_bands(
     _finish_stack(fig, axes, title, x_label, path, legend_columns=3)
 
 
-def eigen_spectrum(eigenvalues: np.ndarray, rtol: float, path: Path, title: str = "") -> None:
-    """|eigenvalues| of A on a log scale, negative ones marked, with the retention threshold."""
+def eigen_spectrum(
+    eigenvalues: np.ndarray,
+    rtol: float,
+    path: Path,
+    title: str = "",
+    predicted_null: int | None = None,
+    effective_params: float | None = None,
+) -> None:
+    """|eigenvalues| of A on a log scale, negative ones marked, with the retention threshold;
+    with ``predicted_null`` (lambda = 0) a line where the null directions the architecture
+    predicts begin, with ``effective_params`` (lambda > 0) that count beside the weight count."""
     values = np.sort(eigenvalues)[::-1]
     index = np.arange(1, values.size + 1)
     floor = 1e-20 * max(
@@ -133,6 +142,19 @@ def eigen_spectrum(eigenvalues: np.ndarray, rtol: float, path: Path, title: str 
         ls="--",
         label=f"retained above {rtol:g} x largest",
     )
+    notes = [f"{values.size} weights"]
+    if predicted_null is not None:
+        ax.axvline(
+            values.size - predicted_null + 0.5,
+            color="tab:green",
+            ls=":",
+            label=f"predicted null: last {predicted_null} (symmetries, dead parts)",
+        )
+        measured = int(np.sum(np.abs(values) <= rtol * np.max(np.abs(values))))
+        notes.append(f"null measured {measured}, predicted {predicted_null}")
+    if effective_params is not None:
+        notes.append(f"effective parameters tr(A A_lambda^-1) = {effective_params:.1f}")
+    ax.text(0.02, 0.03, "\n".join(notes), transform=ax.transAxes, fontsize=8)
     ax.set_xlabel("eigenvalue rank")
     ax.set_ylabel("|eigenvalue| of A (Hessian of mean NLL)")
     ax.set_title(title)
@@ -314,6 +336,62 @@ def _finish_stack(fig, axes, title: str, x_label: str, path: Path, legend_column
     axes[0, 0].set_title(title)
     axes[0, 0].legend(loc="upper right", fontsize=7, ncol=legend_columns)
     axes[-1, 0].set_xlabel(x_label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def criteria_against_k(
+    ks: np.ndarray,
+    curves: dict[str, np.ndarray],
+    picks: dict[str, np.ndarray],
+    path: Path,
+    title: str = "",
+) -> None:
+    """Model-selection criteria per sample against the number of components K, one colour per
+    criterion. ``curves[label]`` is (groups, len(ks)) (NaN: no run); ``picks[label]`` the K each
+    group picks (NaN: none). One group: a line with a star at its pick. Several (seeds, say):
+    a faint line per group, the mean over groups with +-1 sd error bars, and a star on the mean
+    at the modal pick (ties to the smaller K)."""
+    import warnings
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c, (label, rows) in enumerate(curves.items()):
+        color = f"C{c % 10}"
+        chosen = picks[label]
+        if rows.shape[0] == 1:
+            line = rows[0]
+            ax.plot(ks, line, "o-", color=color, ms=4, lw=1.5, label=label)
+        else:
+            for row in rows:
+                ax.plot(ks, row, "-", color=color, lw=0.8, alpha=0.25)
+            with warnings.catch_warnings():  # a K no group has: NaN, silently
+                warnings.simplefilter("ignore", RuntimeWarning)
+                line = np.nanmean(rows, axis=0)
+                spread = np.nanstd(rows, axis=0)
+            ax.errorbar(
+                ks,
+                line,
+                yerr=spread,
+                fmt="o-",
+                color=color,
+                ms=4,
+                lw=1.5,
+                capsize=3,
+                label=f"{label} (mean +- sd over {rows.shape[0]})",
+            )
+        finite = chosen[np.isfinite(chosen)]
+        if finite.size:
+            values, counts = np.unique(finite, return_counts=True)
+            modal = values[counts == counts.max()].min()
+            at = int(np.searchsorted(ks, modal))
+            ax.plot(ks[at], line[at], "*", color=color, ms=14, mec="black", mew=0.6, zorder=5)
+    ax.plot([], [], "*", color="grey", ms=12, mec="black", mew=0.6, label="pick")
+    ax.set_xticks(ks)
+    ax.set_xlabel("K (model.n_components)")
+    ax.set_ylabel("nats per sample")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

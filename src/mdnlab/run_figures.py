@@ -33,10 +33,22 @@ def draw(
     title: str,
     inference=None,
     eig_rtol: float = 1e-8,
+    metrics: dict | None = None,
 ) -> None:
     x_train, y_train = table.x[splits.train], table.y[splits.train]
+    metrics = metrics or {}
     if inference is not None and len(inference.eigenvalues):
-        plots.eigen_spectrum(inference.eigenvalues, eig_rtol, out / "hessian_spectrum.png", title)
+        predicted = metrics.get("diagnostics/null_predicted")
+        plots.eigen_spectrum(
+            inference.eigenvalues,
+            eig_rtol,
+            out / "hessian_spectrum.png",
+            title,
+            predicted_null=None if predicted is None else int(predicted),
+            effective_params=metrics.get("inference/effective_params")
+            if metrics.get("train/penalty", 0) > 0
+            else None,
+        )
     if inference is not None and inference.grid is not None:
         panels, observed = band_panels(family, table, x_train, y_train)
         plots.confidence_bands(

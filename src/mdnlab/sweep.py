@@ -4,7 +4,11 @@ Hydra calls :class:`MlflowSweepCallback` in the launching process before any wor
 (``on_multirun_start``): it creates the store, the experiment and the parent run there, once.
 The callback object travels to each job (also into joblib's worker processes), where
 ``on_job_start`` hands the sweep's identity to the job and ``on_job_end`` clears it again,
-so that a reused worker starts the next job clean.
+so that a reused worker starts the next job clean. When the sweep ends
+(``on_multirun_end``, in the launching process again) each parent run gets the model
+selection over K of its children (``mdnlab.diagnostics.model_selection``: a CSV, a figure and
+the K each criterion picks, when the children differ in ``model.n_components``) and is then
+marked FINISHED.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mdnlab import tracking
+from mdnlab.diagnostics.model_selection import report_sweep
 
 SWEEP_TAG = "mdnlab.sweep"
 ROLE_TAG = "mdnlab.role"
@@ -95,6 +100,7 @@ class MlflowSweepCallback(Callback):
             return
         client = tracking.MlflowClient(tracking_uri=self.context.tracking_uri)
         for run_id in self._all_parents(client):
+            report_sweep(client, run_id)  # never raises
             client.set_terminated(run_id, status="FINISHED")
 
     def _all_parents(self, client) -> list[str]:

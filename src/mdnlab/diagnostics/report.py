@@ -9,29 +9,95 @@ Metrics ``diagnostics/*`` and, in the run's ``diagnostics/`` artifact folder:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from mdnlab.diagnostics import figures
 from mdnlab.diagnostics.components import component_report
 from mdnlab.diagnostics.labels import reference_rows
 from mdnlab.diagnostics.restarts import restart_report
+from mdnlab.diagnostics.symmetries import predicted_null_dimension
+from mdnlab.errors import ConfigError
 from mdnlab.progress import say, warn
 
+IM_SUBSETS = ("output_bias", "all")
 
-def diagnose(fit, x_train: torch.Tensor, folder: Path, title: str, label: str = "") -> dict:
-    """``fit``: the pipeline's Fit (best module, members, ordering report)."""
+
+@dataclass(frozen=True)
+class DiagnosticSettings:
+    """``diagnostics.*``, checked before any run is created."""
+
+    enabled: bool = True
+    reference_rows: int = 500
+    negligible_weight: float = 0.01
+    duplicate_skl: float = 0.01
+    identified_z: float = 3.0
+    im_test: bool = True
+    im_subset: str = "output_bias"
+    im_bootstrap: int = 0
+    im_max_params: int = 2000
+
+    @classmethod
+    def from_config(cls, d) -> DiagnosticSettings:
+        if d is None:
+            return cls()
+        im = d.get("im_test") or {}
+        settings = cls(
+            bool(d.get("enabled", True)),
+            _number(d, "reference_rows", 500, int, 1),
+            _number(d, "negligible_weight", 0.01, float, 0.0),
+            _number(d, "duplicate_skl", 0.01, float, 0.0),
+            _number(d, "identified_z", 3.0, float, 0.0),
+            bool(im.get("enabled", True)),
+            str(im.get("subset", "output_bias")),
+            _number(im, "bootstrap", 0, int, 0, "diagnostics.im_test."),
+            _number(im, "max_params", 2000, int, 1, "diagnostics.im_test."),
+        )
+        if settings.im_subset not in IM_SUBSETS:
+            raise ConfigError(
+                f"diagnostics.im_test.subset={settings.im_subset!r}; expected one of "
+                f"{', '.join(IM_SUBSETS)}"
+            )
+        return settings
+
+
+def _number(section, key, default, kind, low, prefix="diagnostics."):
+    value = section.get(key, default)
+    try:
+        number = kind(value)
+        if isinstance(value, bool) or number != float(value) or not number >= low:
+            raise ValueError
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{prefix}{key} must be {what} >= {low}, got {value!r}") from None
+    return number
+
+
+def diagnose(
+    fit,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    inference,
+    settings: DiagnosticSettings,
+    folder: Path,
+    title: str,
+    label: str = "",
+) -> dict:
+    """``fit``: the pipeline's Fit (best module, members, penalty, ordering report);
+    ``inference``: its InferenceResult or None."""
     folder.mkdir(parents=True, exist_ok=True)
     module = fit.module
-    x_ref = reference_rows(x_train)
+    x_ref = reference_rows(x_train, settings.reference_rows)
     metrics: dict[str, float] = {}
     notes = list(module.family.identifiability_notes())
     for note in notes:
         warn(f"{label}identifiability: {note}")
 
-    components = component_report(module, x_ref)
+    components = component_report(module, x_ref, settings.negligible_weight, settings.duplicate_skl)
     metrics |= components.metrics()
     components.table.to_csv(folder / "components.csv", index=False)
     with torch.no_grad():
@@ -62,6 +128,8 @@ def diagnose(fit, x_train: torch.Tensor, folder: Path, title: str, label: str = 
             f"symmetric KL {m['diagnostics/restarts_predictive_skl']:.3g} nats"
         )
 
+    metrics |= curvature_diagnostics(fit, x_train, inference, folder, label)
+
     summary = {
         "notes": notes,
         "order": order_name(module),
@@ -85,3 +153,42 @@ def order_name(module) -> str:
     if module.family.n_components == 1:
         return "one component"
     return "canonical (decreasing mean weight)" if module.ordered else "as fitted (none)"
+
+
+def curvature_diagnostics(fit, x_train, inference, folder: Path, label: str = "") -> dict:
+    """lambda = 0: A's null eigenvalues against the null dimension the architecture and the
+    fitted weights predict (``symmetries.py``); the excess is redundancy. lambda > 0: the
+    effective number of parameters against the weight count."""
+    if inference is None or "inference/n_params" not in inference.metrics:
+        return {}
+    m = inference.metrics
+    n_params = m["inference/n_params"]
+    if fit.penalty > 0:
+        if "inference/effective_params" not in m:
+            return {}
+        fraction = m["inference/effective_params"] / n_params
+        return {"diagnostics/effective_params_fraction": fraction}
+    if "inference/n_null_eigs" not in m or n_params != sum(
+        p.numel() for p in fit.module.net.parameters()
+    ):  # the spectrum is of A over every weight only
+        return {}
+    prediction = predicted_null_dimension(fit.module, x_train)
+    measured = m["inference/n_null_eigs"]
+    pd.DataFrame(prediction.breakdown, columns=["reason", "where", "count"]).to_csv(
+        folder / "null_space.csv", index=False
+    )
+    say(
+        f"{label}null space of A: {measured:.0f} null eigenvalue(s) measured, "
+        f"{prediction.total} predicted by the architecture and weights ({prediction.describe()})"
+    )
+    if measured > prediction.total:
+        warn(
+            f"{label}A has {measured - prediction.total:.0f} more null direction(s) than the "
+            "network's symmetries and dead parts explain: redundancy in the fit (weakly "
+            "identified weights); consider a penalty (train.penalty > 0) or a smaller model"
+        )
+    return {
+        "diagnostics/null_predicted": float(prediction.total),
+        "diagnostics/null_measured": float(measured),
+        "diagnostics/null_excess": float(measured - prediction.total),
+    }

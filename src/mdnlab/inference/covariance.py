@@ -10,7 +10,9 @@ pseudo-inverses on that space:
     inverse Hessian  V_k L_k^-1 V_k' / n
     sandwich         V_k L_k^-1 (V_k' B V_k) L_k^-1 V_k' / n       (B centred, ``scores.py``)
 
-and never formed in full: only the variances the caller asks for.
+and never formed in full: only the variances the caller asks for. Takeuchi's trace
+tr(H^+ B) = tr(L_k^-1 V_k' B V_k) (``tic_trace``) comes from the same projected B; at lambda = 0
+it is tr(A^+ B) on A's retained eigenspace.
 """
 
 from __future__ import annotations
@@ -99,3 +101,8 @@ class Curvature:
         """tr(A H^+): the sum over the retained eigenvalues h of H of (h - shift) / h; at
         shift 0 the number of retained eigenvalues (tr(A A^+))."""
         return float(self.inv_values.size - self.shift * np.sum(self.inv_values))
+
+    def tic_trace(self) -> float:
+        """tr(H^+ B) = sum_j (V_k' B V_k)_jj / h_j over the retained eigenpairs (h_j, v_j) of H:
+        Takeuchi's trace on the retained eigenspace (tr(A^+ B) at shift 0)."""
+        return float(np.sum(self.inv_values * np.diag(self.projected_b)))

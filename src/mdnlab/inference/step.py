@@ -22,6 +22,15 @@ those solutions: B is never formed, the spectrum is not computed (``eigenvalues`
 eigenvalue counts) and the effective number of parameters is Hutchinson's estimate. With
 lambda = 0 the eigendecomposition is the only route (A is singular), so A's spectrum comes with
 it and is kept, and B is formed for V'BV; only the weight SEs are left out.
+
+Takeuchi's trace ``inference/tic_trace`` = tr(A_lambda^-1 B), the penalty of the TIC
+(2 n NLL + 2 tr): on every dense route, exact wherever B is formed (tr(H^+ B) on the retained
+eigenspace on the eigen-route, tr(A^+ B) at lambda = 0), Hutchinson's estimate with
+``inference/tic_trace_se`` on the Cholesky route above ``weight_se_max_params``
+(``cholesky.py``). Under correct specification at lambda = 0, B = A asymptotically (the
+information-matrix equality) and the trace tends to the number of identified weights. The
+matrix-free path does not give it (it would take one Lanczos solve per probe).
+``inference/n_rows`` is the number of training rows the step ran on (n), on both paths.
 """
 
 from __future__ import annotations
@@ -85,7 +94,9 @@ def run_inference(
     retained eigenvalues at lambda = 0, tr(A H^+) on the eigen-route) with
     ``effective_params_se`` where it is Hutchinson's estimate, A's ``n_null_eigs``,
     ``n_negative_eigs`` and ``condition_number`` (of its retained part) where the spectrum is
-    computed, and ``seconds``.
+    computed, ``tic_trace`` (tr(A_lambda^-1 B), Takeuchi's trace; tr(H^+ B) on the
+    eigen-route) with ``tic_trace_se`` where it is Hutchinson's estimate (the Cholesky route
+    above ``weight_se_max_params``, ``trace_probes`` probes), ``n_rows`` (n) and ``seconds``.
     """
     started = time.perf_counter()
     flat = FlatModel(module, params)
@@ -120,6 +131,7 @@ def run_inference(
     metrics = gradient_metrics(nll_gradient, flat.theta.numpy(), shift)
     metrics |= {
         "inference/n_params": float(p),
+        "inference/n_rows": float(n),
         "inference/cholesky": float(cholesky),
         "inference/weight_ses": float(weights),
     }
@@ -127,10 +139,14 @@ def run_inference(
         probes = None if weights else trace_probes
         effective, effective_se = curvature.effective_params(probes)
         metrics["inference/effective_params"] = effective
+        tic, tic_se = curvature.tic_trace(probes)
+        metrics["inference/tic_trace"] = tic
         if probes is not None:
             metrics["inference/effective_params_se"] = effective_se
+            metrics["inference/tic_trace_se"] = tic_se
     else:
         metrics["inference/effective_params"] = curvature.effective_params()
+        metrics["inference/tic_trace"] = curvature.tic_trace()
     if spectrum is not None:
         metrics |= {
             "inference/n_null_eigs": float(spectrum.n_null),
@@ -266,7 +282,8 @@ def run_inference_matrix_free(
     Not available here, for want of A's spectrum or P solves: weight SEs (``parameters`` has
     estimates, NaN SEs and an empty ``identified``), the eigenvalues (empty array), the null
     and negative eigenvalue counts, the condition number, the effective number of parameters,
-    and SE bands along a grid (``grid`` is None). Quantities whose solve did not converge
+    Takeuchi's trace (``inference/tic_trace``: a Hutchinson estimate would need one Lanczos
+    solve per probe), and SE bands along a grid (``grid`` is None). Quantities whose solve did not converge
     within ``max_iter`` products get NaN SEs and a warning.
     """
     started = time.perf_counter()
@@ -333,6 +350,7 @@ def run_inference_matrix_free(
     metrics = gradient_metrics(operator.gradient, flat.theta.numpy(), shift)
     metrics |= {
         "inference/n_params": float(flat.n_params),
+        "inference/n_rows": float(n),
         "inference/solver_iterations_max": float(iterations_max),
         "inference/solver_unconverged": float(unconverged),
         "inference/solver_seconds_per_product": operator.seconds_per_product,
