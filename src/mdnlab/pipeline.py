@@ -130,6 +130,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 artifacts / "diagnostics",
                 run_name(cfg),
                 label,
+                seed=int(cfg.seed),
+                polish_tol=estimation.polish.tol,
             )
         metrics["run/seconds"] = time.perf_counter() - started
         write_artifacts(

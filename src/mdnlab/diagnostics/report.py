@@ -18,10 +18,12 @@ import torch
 
 from mdnlab.diagnostics import figures
 from mdnlab.diagnostics.components import component_report
+from mdnlab.diagnostics.im_test import im_test
 from mdnlab.diagnostics.labels import reference_rows
 from mdnlab.diagnostics.restarts import restart_report
 from mdnlab.diagnostics.symmetries import predicted_null_dimension
 from mdnlab.errors import ConfigError
+from mdnlab.estimation.refit import refit_on_targets, simulate_targets
 from mdnlab.progress import say, warn
 
 IM_SUBSETS = ("output_bias", "all")
@@ -40,6 +42,7 @@ class DiagnosticSettings:
     im_subset: str = "output_bias"
     im_bootstrap: int = 0
     im_max_params: int = 2000
+    im_rtol: float = 1e-10
 
     @classmethod
     def from_config(cls, d) -> DiagnosticSettings:
@@ -56,6 +59,7 @@ class DiagnosticSettings:
             str(im.get("subset", "output_bias")),
             _number(im, "bootstrap", 0, int, 0, "diagnostics.im_test."),
             _number(im, "max_params", 2000, int, 1, "diagnostics.im_test."),
+            _number(im, "rtol", 1e-10, float, 0.0, "diagnostics.im_test."),
         )
         if settings.im_subset not in IM_SUBSETS:
             raise ConfigError(
@@ -86,9 +90,12 @@ def diagnose(
     folder: Path,
     title: str,
     label: str = "",
+    seed: int = 0,
+    polish_tol: float = 1e-6,
 ) -> dict:
     """``fit``: the pipeline's Fit (best module, members, penalty, ordering report);
-    ``inference``: its InferenceResult or None."""
+    ``inference``: its InferenceResult or None; ``seed`` draws the bootstrap's targets, which
+    are polished to ``polish_tol``."""
     folder.mkdir(parents=True, exist_ok=True)
     module = fit.module
     x_ref = reference_rows(x_train, settings.reference_rows)
@@ -129,6 +136,10 @@ def diagnose(
         )
 
     metrics |= curvature_diagnostics(fit, x_train, inference, folder, label)
+    if settings.im_test:
+        metrics |= information_matrix_test(
+            fit, x_train, y_train, settings, folder, seed, polish_tol, label
+        )
 
     summary = {
         "notes": notes,
@@ -192,3 +203,78 @@ def curvature_diagnostics(fit, x_train, inference, folder: Path, label: str = ""
         "diagnostics/null_measured": float(measured),
         "diagnostics/null_excess": float(measured - prediction.total),
     }
+
+
+def information_matrix_test(
+    fit, x, y, settings: DiagnosticSettings, folder: Path, seed: int, tol: float, label: str = ""
+) -> dict:
+    """White's test on ``diagnostics.im_test.subset``: the chi-square p-value and, with
+    ``diagnostics.im_test.bootstrap`` = B > 0, the parametric-bootstrap p-value
+    (1 + #{T_b >= T}) / (1 + B') over the B' refits that converged."""
+    module = fit.module
+    n_params = sum(p.numel() for p in module.net.parameters())
+    if n_params > settings.im_max_params:
+        say(
+            f"{label}information-matrix test skipped: {n_params} weights > "
+            f"diagnostics.im_test.max_params {settings.im_max_params} (it forms A, P x P)"
+        )
+        return {}
+    observed = im_test(
+        module,
+        x,
+        y,
+        penalty=fit.penalty,
+        subset=settings.im_subset,
+        rtol=settings.im_rtol,
+        debias=True,
+    )
+    metrics = {
+        "diagnostics/im_test_stat": observed.statistic,
+        "diagnostics/im_test_df": float(observed.df),
+        "diagnostics/im_test_pvalue": observed.pvalue,
+    }
+    line = (
+        f"{label}information-matrix test ({settings.im_subset}): T = {observed.statistic:.2f} "
+        f"on {observed.df} df, chi-square p = {observed.pvalue:.3g}"
+    )
+    if settings.im_bootstrap > 0:
+        targets = simulate_targets(module, x, settings.im_bootstrap, seed)
+        refits = refit_on_targets(module, x, targets, fit.penalty, tol=tol, label=label)
+        rows = []
+        for b, (refit, converged) in enumerate(zip(refits.modules, refits.converged, strict=True)):
+            stat = (
+                im_test(
+                    refit,
+                    x,
+                    targets[b],
+                    penalty=fit.penalty,
+                    subset=settings.im_subset,
+                    rtol=settings.im_rtol,
+                    debias=True,
+                )
+                if bool(converged)
+                else None
+            )
+            rows.append(
+                {
+                    "replicate": b,
+                    "converged": bool(converged),
+                    "grad_norm": float(refits.grad_max[b]),
+                    "statistic": np.nan if stat is None else stat.statistic,
+                    "df": np.nan if stat is None else stat.df,
+                }
+            )
+        table = pd.DataFrame(rows)
+        table.to_csv(folder / "im_test_bootstrap.csv", index=False)
+        used = table.statistic.dropna()
+        pvalue = (1 + int((used >= observed.statistic).sum())) / (1 + len(used))
+        metrics["diagnostics/im_test_bootstrap_pvalue"] = pvalue
+        metrics["diagnostics/im_test_bootstrap_refits"] = float(len(used))
+        line += f", parametric bootstrap p = {pvalue:.3g} ({len(used)} refits)"
+        if len(used) < len(table):
+            warn(
+                f"{label}information-matrix bootstrap: {len(table) - len(used)} of {len(table)} "
+                f"refits did not converge to max|grad| {tol:g} and were left out"
+            )
+    say(line)
+    return metrics
