@@ -38,7 +38,9 @@ def test_dvc_repro_twice_on_tiny_params(tmp_path):
     params = yaml.safe_load((work / "params.yaml").read_text())
     for spec in params["synthetic"].values():
         spec.update(n=200, eval_n=2000)
-    params["train"]["overrides"] = "trainer.max_epochs=5 train.polish_max_iter=5"
+    params["train"]["overrides"] = (
+        "trainer.max_epochs=5 train.polish_max_iter=5 diagnostics.im_test.bootstrap=2"
+    )
     (work / "params.yaml").write_text(yaml.safe_dump(params))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -132,6 +132,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 label,
                 seed=int(cfg.seed),
                 polish_tol=estimation.polish.tol,
+                polish_max_iter=estimation.polish.max_iter,
             )
         metrics["run/seconds"] = time.perf_counter() - started
         write_artifacts(

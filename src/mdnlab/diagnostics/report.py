@@ -92,10 +92,11 @@ def diagnose(
     label: str = "",
     seed: int = 0,
     polish_tol: float = 1e-6,
+    polish_max_iter: int = 5000,
 ) -> dict:
     """``fit``: the pipeline's Fit (best module, members, penalty, ordering report);
     ``inference``: its InferenceResult or None; ``seed`` draws the bootstrap's targets, which
-    are polished to ``polish_tol``."""
+    are polished to ``polish_tol`` in at most ``polish_max_iter`` iterations."""
     folder.mkdir(parents=True, exist_ok=True)
     module = fit.module
     x_ref = reference_rows(x_train, settings.reference_rows)
@@ -138,7 +139,7 @@ def diagnose(
     metrics |= curvature_diagnostics(fit, x_train, inference, folder, label)
     if settings.im_test:
         metrics |= information_matrix_test(
-            fit, x_train, y_train, settings, folder, seed, polish_tol, label
+            fit, x_train, y_train, settings, folder, seed, polish_tol, polish_max_iter, label
         )
 
     summary = {
@@ -206,7 +207,15 @@ def curvature_diagnostics(fit, x_train, inference, folder: Path, label: str = ""
 
 
 def information_matrix_test(
-    fit, x, y, settings: DiagnosticSettings, folder: Path, seed: int, tol: float, label: str = ""
+    fit,
+    x,
+    y,
+    settings: DiagnosticSettings,
+    folder: Path,
+    seed: int,
+    tol: float,
+    max_iter: int = 5000,
+    label: str = "",
 ) -> dict:
     """White's test on ``diagnostics.im_test.subset``: the chi-square p-value and, with
     ``diagnostics.im_test.bootstrap`` = B > 0, the parametric-bootstrap p-value
@@ -239,7 +248,9 @@ def information_matrix_test(
     )
     if settings.im_bootstrap > 0:
         targets = simulate_targets(module, x, settings.im_bootstrap, seed)
-        refits = refit_on_targets(module, x, targets, fit.penalty, tol=tol, label=label)
+        refits = refit_on_targets(
+            module, x, targets, fit.penalty, tol=tol, max_iter=max_iter, label=label
+        )
         rows = []
         for b, (refit, converged) in enumerate(zip(refits.modules, refits.converged, strict=True)):
             stat = (
