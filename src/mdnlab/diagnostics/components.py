@@ -14,12 +14,13 @@ components give exactly 0.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
+
+from mdnlab.sampling import seeded_sample
 
 NEGLIGIBLE_WEIGHT = 0.01  # a component whose weight stays below this at every reference x
 DUPLICATE_SKL = 0.01  # nats: components whose symmetric KL stays below this at every x
@@ -49,16 +50,6 @@ class ComponentReport:
         if self.duplicates:
             parts.append(f"duplicates: {self.duplicates}")
         return "; ".join(parts)
-
-
-def seeded_sample(distribution, draws: int, seed: int) -> torch.Tensor:
-    """``draws`` samples, the same for the same seed, leaving the global RNG as it was.
-    (torch's Wishart sampler warns of singular draws at df near p - 1; ``finite_mean`` drops
-    their non-finite log densities.)"""
-    with torch.random.fork_rng(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Singular sample detected")
-        torch.manual_seed(seed)
-        return distribution.sample((draws,))
 
 
 def finite_mean(values: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mdnlab.diagnostics.components import MC_SEED, finite_mean, seeded_sample
+from mdnlab.diagnostics.components import MC_SEED, finite_mean
 from mdnlab.diagnostics.labels import align, relabel, summary_arrays
+from mdnlab.sampling import seeded_sample
 
 PREDICTIVE_DRAWS = 32  # draws per restart and reference x
 

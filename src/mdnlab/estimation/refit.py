@@ -13,13 +13,13 @@ null distribution needs.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 
 import torch
 
 from mdnlab.estimation.lbfgs import lbfgs_members, value_and_grad
 from mdnlab.estimation.members import BatchedMLP
+from mdnlab.sampling import seeded_sample
 
 
 @dataclass
@@ -32,11 +32,7 @@ class Refits:
 @torch.no_grad()
 def simulate_targets(module, x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """(count, n, *event) draws of y ~ q(.|x_i) at each row of x, original units."""
-    with torch.random.fork_rng(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Singular sample detected")
-        torch.manual_seed(seed)
-        draws = module.mixture(x).sample((count,))
-    return module.y_scaler.inverse(draws)
+    return module.y_scaler.inverse(seeded_sample(module.mixture(x), count, seed))
 
 
 def refit_on_targets(
