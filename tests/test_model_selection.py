@@ -291,6 +291,7 @@ def test_bic_and_tic_pick_the_true_k_on_well_specified_data(tmp_path):
         "model.n_components=1,2,3",
         "train.restarts=3",
         "trainer.max_epochs=100",
+        "diagnostics.enabled=false",  # only the fits and their inference are needed here
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
