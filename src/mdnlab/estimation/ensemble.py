@@ -1,8 +1,10 @@
 """R members of one MDN architecture as a single LightningModule.
 
-The members share the family, the scalers and the data; each has its own weights (a
-``BatchedMLP``) and, optionally, its own row weights (a bootstrap refit is a member whose rows
-carry multinomial counts). The training loss is the sum over members of each member's
+The members share the family and the scalers; each has its own weights (a ``BatchedMLP``)
+and, optionally, its own row weights (a bootstrap refit is a member whose rows carry
+multinomial counts). By default they share the data too; with ``stacked=True`` each member has
+its own rows, x (R, n, d) and y (R, n, *event), so that the replicate fits of a simulation
+study (replicates x restarts) train as one network. The training loss is the sum over members of each member's
 penalized objective. Adam is elementwise, so Adam on that sum is R independent Adams: member r
 follows exactly the path it would follow alone from the same initial weights.
 """
@@ -26,6 +28,7 @@ class MemberEnsemble(pl.LightningModule):
         lr: float = 1e-2,
         weight_decay: float = 0.0,
         row_weights: torch.Tensor | None = None,
+        stacked: bool = False,
     ):
         super().__init__()
         # The template MDNModule lends its family and fitted scalers; it is not trained here.
@@ -35,6 +38,7 @@ class MemberEnsemble(pl.LightningModule):
         self.n_train, self.penalty = int(n_train), float(penalty)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.row_weights = row_weights  # (R, n_train) or None: every row counts once
+        self.stacked = bool(stacked)  # True: x (R, n, d), y (R, n, *event), member r's own rows
         self.alive = torch.ones(members.n_members, dtype=torch.bool)  # False: diverged
         # Members still training: alive and not yet out of patience (the early-stopping
         # callback clears them). The others are left out of the forward pass: their restored
@@ -48,18 +52,29 @@ class MemberEnsemble(pl.LightningModule):
     def n_members(self) -> int:
         return self.members.n_members
 
-    def log_prob(self, x: torch.Tensor, y: torch.Tensor, theta=None) -> torch.Tensor:
-        """(R, n) log q_r(y_i | x_i) in nats, original units of y (at ``theta`` (R, P) if given)."""
+    def rows_of(self, x: torch.Tensor, y: torch.Tensor, members=None):
+        """The data of the listed members (all when None): (x, y) itself unless ``stacked``."""
+        if not self.stacked or members is None:
+            return x, y
+        return x[members], y[members]
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor, theta=None, members=None) -> torch.Tensor:
+        """(R, n) log q_r(y_i | x_i) in nats, original units of y (at ``theta`` (M, P) if given,
+        the parameters of the members listed in ``members``: their own rows when stacked)."""
+        x, y = self.rows_of(x, y, members)
         raw = self.members(self.x_scaler(x), theta)  # (R, n, n_raw)
         r, n = raw.shape[:2]
         y_s = self.y_scaler(y)
-        y_rep = y_s.expand(r, *y_s.shape).reshape(r * n, *y_s.shape[1:])
+        if self.stacked:
+            y_rep = y_s.reshape(r * n, *y_s.shape[2:])
+        else:
+            y_rep = y_s.expand(r, *y_s.shape).reshape(r * n, *y_s.shape[1:])
         log_q = self.family.mixture(raw.reshape(r * n, -1)).log_prob(y_rep).reshape(r, n)
         return log_q + self.y_scaler.log_abs_det_jacobian()
 
-    def nll(self, x: torch.Tensor, y: torch.Tensor, rows=None, theta=None) -> torch.Tensor:
+    def nll(self, x, y, rows=None, theta=None, members=None) -> torch.Tensor:
         """(R,) mean NLL of each member; with ``rows`` (R, n) weights, a weighted mean."""
-        log_q = self.log_prob(x, y, theta)
+        log_q = self.log_prob(x, y, theta, members)
         if rows is None:
             return -log_q.mean(dim=1)
         return -(log_q * rows).sum(dim=1) / rows.sum(dim=1)
@@ -75,7 +90,7 @@ class MemberEnsemble(pl.LightningModule):
         rows = self.row_weights
         if rows is not None and members is not None:
             rows = rows[members]
-        value = self.nll(x, y, rows, theta)
+        value = self.nll(x, y, rows, theta, members)
         return value + self.penalty_terms(theta) if self.penalty else value
 
     # --- Lightning -----------------------------------------------------------------------------
@@ -84,7 +99,9 @@ class MemberEnsemble(pl.LightningModule):
         if bool(self.training_mask.all()):
             return self.nll(x, y, rows)
         index = torch.nonzero(self.training_mask).flatten()
-        part = self.nll(x, y, None if rows is None else rows[index], self.members.flat()[index])
+        part = self.nll(
+            x, y, None if rows is None else rows[index], self.members.flat()[index], index
+        )
         full = torch.full((self.n_members,), float("nan"), dtype=part.dtype)
         return full.index_put((index,), part)
 

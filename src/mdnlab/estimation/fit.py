@@ -41,8 +41,17 @@ class FitData:
     y_val: torch.Tensor | None = None
 
     @property
+    def stacked(self) -> bool:
+        """True: each member has its own rows, x (R, n, d) and y (R, n, *event)."""
+        return self.x_train.dim() == 3
+
+    @property
+    def n_train(self) -> int:
+        return self.x_train.shape[1 if self.stacked else 0]
+
+    @property
     def has_val(self) -> bool:
-        return self.x_val is not None and self.x_val.shape[0] > 0
+        return self.x_val is not None and self.x_val.shape[-2] > 0
 
 
 @dataclass
@@ -89,10 +98,18 @@ def fit_members(
 ) -> tuple[MemberEnsemble, list[MemberResult]]:
     modules = [make_module(s) for s in seeds]
     members = BatchedMLP.from_members([m.net for m in modules])
-    ensemble = MemberEnsemble(modules[0], members, data.x_train.shape[0], penalty, lr, weight_decay)
+    ensemble = MemberEnsemble(
+        modules[0], members, data.n_train, penalty, lr, weight_decay, stacked=data.stacked
+    )
+    if data.stacked and data.x_train.shape[0] != len(seeds):
+        raise ValueError(
+            f"stacked data needs one set of rows per member: got {data.x_train.shape[0]} "
+            f"sets for {len(seeds)} seeds"
+        )
     if len(seeds) > 1:
         say(f"{label}training {len(seeds)} restarts as one batched network")
-    train_loader = batch_loader(data.x_train, data.y_train, batch_size, loader_seed)
+    row_dim = 1 if data.stacked else 0
+    train_loader = batch_loader(data.x_train, data.y_train, batch_size, loader_seed, row_dim)
     val_loader = batch_loader(data.x_val, data.y_val) if data.has_val else None
     adam = fit_adam(ensemble, train_loader, val_loader, trainer, label)
 
@@ -151,8 +168,11 @@ def polish_members(
             if bool(outcome.converged[r]) or n_params > settings.newton_max_params:
                 continue
             module = result.module
+            x_r, y_r = (x[r], y[r]) if data.stacked else (x, y)
             finish = newton_polish(
-                lambda module=module: objective(module, x, y, ensemble.penalty),
+                lambda module=module, x_r=x_r, y_r=y_r: objective(
+                    module, x_r, y_r, ensemble.penalty
+                ),
                 list(module.net.parameters()),
                 settings.tol,
                 label=label,
