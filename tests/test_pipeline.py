@@ -41,6 +41,16 @@ def test_dvc_repro_twice_on_tiny_params(tmp_path):
     params["train"]["overrides"] = (
         "trainer.max_epochs=5 train.polish_max_iter=5 diagnostics.im_test.bootstrap=2"
     )
+    budget = {"max_epochs": 5, "polish_max_iter": 5, "restarts": 1}
+    curve = {"sizes": [60, 120], "replicates": 2, "eval_rows": 1000, "tail_from": 60} | budget
+    params["studies"]["consistency"]["smoke"] = curve
+    params["studies"]["projection"]["smoke"] = curve | {
+        "x_nodes": 6,
+        "y_nodes": 101,
+        "population_starts": 1,
+        "population_max_iter": 5,
+    }
+    params["studies"]["coverage"]["smoke"] = {"n": 80, "replicates": 2, "bootstrap": 3} | budget
     (work / "params.yaml").write_text(yaml.safe_dump(params))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -63,11 +73,17 @@ def test_dvc_repro_twice_on_tiny_params(tmp_path):
     experiments = list(stages["vars"][0]["experiments"])
     for name in experiments:
         assert f"Running stage 'train@{name}'" in first
+    studies = ["consistency", "projection", "coverage"]
+    for name in studies:
+        assert f"Running stage 'study_{name}'" in first
 
     metrics = json.loads(run("dvc", "metrics", "show", "--json"))
     shown = json.dumps(metrics)
     for name in experiments:
         assert f"metrics/{name}.json" in shown
+    for name in studies:
+        assert f"metrics/study_{name}.json" in shown
+    assert (work / "plots" / "study_coverage" / "coverage_qq.png").is_file()
     for name in ["synth_mixture", "bishop"]:
         values = json.loads((work / "metrics" / f"{name}.json").read_text())
         assert (

@@ -1,0 +1,332 @@
+"""Coverage of nominal 95% intervals from the inverse Hessian, the sandwich and the bootstrap.
+
+M replicate datasets of n rows from a known truth are fitted (``replicates.fit_replicates``,
+the penalized estimator at lambda = 3); at fixed x points each replicate gives, for each
+identifiable quantity, three intervals estimate +- z SE:
+
+- ``hessian``: SE from (A + lambda/n I)^-1 / n (``run_inference``'s ``se_hessian``);
+- ``sandwich``: SE from H^-1 B H^-1 / n (``se_sandwich``);
+- ``bootstrap``: SE = the standard deviation of the quantity over B nonparametric bootstrap
+  refits (multinomial row weights, ``bootstrap.bootstrap_refits``).
+
+Settings (``SETTINGS``), Gaussian family, a bimodal truth (a two-component teacher MDN):
+``gaussian_well``: fitted with K = 2 (the family holds the truth); the target is the true
+    conditional mean ``mean[0]`` and variance ``cov[0,0]``.
+``gaussian_mis``: fitted with K = 1 (misspecified); the target is the KL projection's mean
+    and variance (the population fit on a quadrature grid, lambda = 0, ``population``), which
+    for a flexible network is close to the true conditional mean and variance (moment
+    matching).
+
+The penalized estimator at n targets the minimiser of E[NLL] + lambda/(2n)|theta|^2, whose
+limit is the KL projection: its bias is O(lambda/n) against SEs of O(n^-1/2). ``bias`` and
+``bias_se`` (mean estimate - target over replicates) say how much of it shows at each n.
+
+Outputs (``run``): ``coverage.csv`` (per setting, n, replicate, point, quantity: the estimate,
+the target and the three SEs), ``coverage_summary.csv`` (per setting, n, quantity, estimator:
+coverage with its binomial Monte Carlo SE over replicates, mean width, bias), ``coverage.png``
+(coverage with MC error bars), ``coverage_qq.png`` (standardised errors against N(0, 1));
+metrics ``<setting>/n<n>/<quantity>/<estimator>/coverage``, ``.../width``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from mdnlab.inference.step import run_inference
+from mdnlab.progress import say
+from mdnlab.studies.bootstrap import bootstrap_refits
+from mdnlab.studies.replicates import FitSettings, ModelSpec, fit_replicates, reference_scalers
+from mdnlab.studies.settings import CoverageSize
+
+ESTIMATORS = ("hessian", "sandwich", "bootstrap")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    truth_name: str
+    spec: ModelSpec
+    quantities: tuple[str, ...]
+    code: int
+    relation: str  # "well specified" | "misspecified"
+
+
+SETTINGS = (
+    Setting(
+        "gaussian_well",
+        "teacher_K2",
+        ModelSpec(n_components=2),
+        ("mean[0]", "cov[0,0]"),
+        11,
+        "well specified",
+    ),
+    Setting(
+        "gaussian_mis",
+        "teacher_K2",
+        ModelSpec(n_components=1),
+        ("mean[0]", "cov[0,0]"),
+        12,
+        "misspecified",
+    ),
+)
+
+
+def truth_of(setting: Setting, seed: int):
+    from mdnlab.studies.teacher import make_teacher
+
+    if setting.truth_name == "teacher_K2":
+        return make_teacher(n_components=2, hidden_sizes=(8,), seed=seed, name="teacher_K2")
+    raise ValueError(f"unknown truth {setting.truth_name!r}")
+
+
+def targets(setting: Setting, truth, points: np.ndarray, seed: int, warm_starts: list) -> dict:
+    """The quantities the intervals aim at, at ``points``: the truth's own where the family
+    holds it, else the KL projection's (population fit, warm-started from the replicate fits)."""
+    if setting.relation == "well specified":
+        values = truth.quantities(points)
+        return {q: np.asarray(values[q], dtype=float) for q in setting.quantities}
+    from mdnlab.studies.population import population_fit, quadrature_grid
+
+    grid = quadrature_grid(truth, x_nodes=24, y_nodes=401)  # 48 x 1601 agrees to 1e-11
+    # the members must share the warm starts' scalers (the weights mean nothing without them)
+    scalers = (
+        warm_starts[0]
+        if warm_starts
+        else reference_scalers(truth, setting.spec, FitSettings().reference_rows, seed)
+    )
+
+    def make_module(member_seed: int):
+        from mdnlab.studies.replicates import build_module
+
+        torch.manual_seed(member_seed)
+        module = build_module(setting.spec, 1, [1])
+        module.x_scaler.load_state_dict(scalers.x_scaler.state_dict())
+        module.y_scaler.load_state_dict(scalers.y_scaler.state_dict())
+        return module
+
+    fit = population_fit(
+        grid, make_module, [20_000 + seed], warm_starts=warm_starts, tol=1e-6, max_iter=5000
+    )
+    with torch.no_grad():
+        values = fit.module.quantities(torch.as_tensor(points, dtype=torch.float64))
+    return {q: values[q].numpy() for q in setting.quantities}
+
+
+def replicate_rows(setting, fit, points, size: CoverageSize, seed: int) -> list[dict]:
+    """Estimates and the three SEs of ``setting.quantities`` at ``points`` for one fit."""
+    inference = run_inference(
+        fit.module, fit.x_train, fit.y_train, points, penalty=setting.spec.penalty
+    )
+    table = inference.predictions
+    boot_seed = int(
+        np.random.SeedSequence([seed, setting.code, fit.n, fit.replicate, 3]).generate_state(1)[0]
+    )
+    refits = bootstrap_refits(
+        fit.module, fit.x_train, fit.y_train, setting.spec.penalty, size.bootstrap, boot_seed
+    )
+    x = torch.as_tensor(points, dtype=torch.float64)
+    with torch.no_grad():
+        draws = {
+            q: np.stack(
+                [
+                    m.quantities(x)[q].numpy()
+                    for m, ok in zip(refits.modules, refits.converged, strict=True)
+                    if ok
+                ]
+            )
+            for q in setting.quantities
+        }
+    rows = []
+    for q in setting.quantities:
+        part = table[table.quantity == q].sort_values("point")
+        boot_se = draws[q].std(axis=0, ddof=1)
+        for i, (_, r) in enumerate(part.iterrows()):
+            rows.append(
+                {
+                    "setting": setting.name,
+                    "relation": setting.relation,
+                    "n": fit.n,
+                    "replicate": fit.replicate,
+                    "point": int(r.point),
+                    "x": float(points[i, 0]),
+                    "quantity": q,
+                    "estimate": float(r.estimate),
+                    "se_hessian": float(r.se_hessian),
+                    "se_sandwich": float(r.se_sandwich),
+                    "se_bootstrap": float(boot_se[i]),
+                    "bootstrap_used": int(refits.converged.sum()),
+                    "converged": fit.converged,
+                }
+            )
+    return rows
+
+
+def metric_name(quantity: str) -> str:
+    """``mean[0]`` -> ``mean_0``, ``cov[0,0]`` -> ``cov_0_0``: MLflow refuses brackets."""
+    return quantity.replace("[", "_").replace("]", "").replace(",", "_")
+
+
+def summarise(frame: pd.DataFrame, level: float) -> pd.DataFrame:
+    """Coverage per setting, n, quantity and estimator, pooled over points, with the binomial
+    Monte Carlo SE over replicates (each replicate's covered fraction over the points is one
+    draw), mean interval width, and the bias of the estimate with its SE."""
+    z = stats.norm.ppf(0.5 + level / 2)
+    out = []
+    for (setting, n, quantity), part in frame.groupby(["setting", "n", "quantity"], sort=False):
+        error = part.estimate - part.target
+        bias_by_point = error.groupby(part.point)
+        m = part.replicate.nunique()
+        for estimator in ESTIMATORS:
+            se = part[f"se_{estimator}"]
+            covered = (error.abs() <= z * se).astype(float)
+            per_replicate = covered.groupby(part.replicate).mean()
+            rate = float(covered.mean())
+            out.append(
+                {
+                    "setting": setting,
+                    "relation": part.relation.iloc[0],
+                    "n": int(n),
+                    "quantity": quantity,
+                    "estimator": estimator,
+                    "replicates": m,
+                    "coverage": rate,
+                    "coverage_se": float(per_replicate.std(ddof=1) / np.sqrt(m))
+                    if m > 1
+                    else float("nan"),
+                    "coverage_se_binomial": float(np.sqrt(rate * (1 - rate) / len(part))),
+                    "width": float((2 * z * se).mean()),
+                    "bias": float(error.mean()),
+                    "bias_se": float(error.groupby(part.replicate).mean().std(ddof=1) / np.sqrt(m)),
+                    "sd_estimate": float(bias_by_point.std(ddof=1).mean()),
+                    "mean_se": float(se.mean()),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def run(
+    size: CoverageSize, seed: int, out: Path, log=None, fit: FitSettings | None = None
+) -> dict[str, float]:
+    """The study at ``size``; ``log``: a ``StudyLog`` (None: files only); ``fit``: the
+    estimator's settings (default ``FitSettings(restarts=size.restarts)``; tests shrink the
+    Adam budget)."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = fit or FitSettings(restarts=size.restarts)
+    points = np.linspace(-0.8, 0.8, size.points)[:, None]
+    frames = []
+    for setting in SETTINGS:
+        truth = truth_of(setting, seed)
+        fits = fit_replicates(
+            truth, setting.spec, size.n, list(range(size.replicates)), seed, setting.code, settings
+        )
+        target = targets(setting, truth, points, seed, [f.module for f in fits[:4]])
+        rows = []
+        for fit in fits:
+            replicate = replicate_rows(setting, fit, points, size, seed)
+            for row in replicate:
+                row["target"] = float(target[row["quantity"]][row["point"]])
+            rows += replicate
+            if log is not None:
+                part = summarise(pd.DataFrame(replicate), size.level)
+                log.child(
+                    f"{setting.name}-n{size.n}-r{fit.replicate}",
+                    {
+                        "setting": setting.name,
+                        "n": size.n,
+                        "replicate": fit.replicate,
+                        "bootstrap": size.bootstrap,
+                    },
+                    {
+                        f"{metric_name(r.quantity)}/{r.estimator}/covered_fraction": r.coverage
+                        for r in part.itertuples()
+                    }
+                    | {"grad_max": fit.grad_max, "bootstrap_used": replicate[0]["bootstrap_used"]},
+                )
+        frame = pd.DataFrame(rows)
+        frames.append(frame)
+        table = summarise(frame, size.level)
+        for r in table.itertuples():
+            say(
+                f"[{setting.name}] {r.quantity} {r.estimator}: coverage {r.coverage:.3f} ± {r.coverage_se:.3f}, width {r.width:.4f}"
+            )
+    frame = pd.concat(frames, ignore_index=True)
+    table = summarise(frame, size.level)
+    frame.to_csv(out / "coverage.csv", index=False)
+    table.to_csv(out / "coverage_summary.csv", index=False)
+    figure(table, size.level, out / "coverage.png")
+    qq_figure(frame, out / "coverage_qq.png")
+    metrics = {}
+    for r in table.itertuples():
+        key = f"{r.setting}/n{r.n}/{metric_name(r.quantity)}/{r.estimator}"
+        metrics[f"{key}/coverage"] = r.coverage
+        metrics[f"{key}/coverage_se"] = r.coverage_se
+        metrics[f"{key}/width"] = r.width
+    return metrics
+
+
+def figure(table: pd.DataFrame, level: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(table.groupby(["setting", "n"], sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.0 * len(groups), 4.2), squeeze=False)
+    for ax, ((setting, n), part) in zip(axes[0], groups, strict=True):
+        quantities = list(dict.fromkeys(part.quantity))
+        width = 0.8 / len(ESTIMATORS)
+        for j, estimator in enumerate(ESTIMATORS):
+            rows = part[part.estimator == estimator].set_index("quantity").loc[quantities]
+            ax.errorbar(
+                np.arange(len(quantities)) + (j - 1) * width,
+                rows.coverage,
+                yerr=2 * rows.coverage_se,
+                fmt="o",
+                capsize=3,
+                label=estimator,
+            )
+        ax.axhline(level, color="grey", linestyle=":")
+        ax.set_xticks(np.arange(len(quantities)), quantities)
+        ax.set_ylim(max(0.0, min(0.5, float(part.coverage.min()) - 0.1)), 1.01)
+        ax.set_ylabel(f"coverage of nominal {level:.0%} intervals (± 2 MC SE)")
+        ax.set_title(
+            f"{setting} ({part.relation.iloc[0]}), n = {n}, M = {int(part.replicates.iloc[0])}",
+            fontsize=9,
+        )
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def qq_figure(frame: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(frame.groupby(["setting", "n", "quantity"], sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.6), squeeze=False)
+    for ax, ((setting, n, quantity), part) in zip(axes[0], groups, strict=True):
+        error = (part.estimate - part.target).to_numpy()
+        for estimator in ESTIMATORS:
+            z = np.sort(error / part[f"se_{estimator}"].to_numpy())
+            normal = stats.norm.ppf((np.arange(1, len(z) + 1) - 0.5) / len(z))
+            ax.plot(normal, z, ".", markersize=3, label=estimator)
+        lim = 3.5
+        ax.plot([-lim, lim], [-lim, lim], color="grey", linewidth=1)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-2 * lim, 2 * lim)
+        ax.set_xlabel("N(0, 1) quantile")
+        ax.set_ylabel("(estimate - target) / SE")
+        ax.set_title(f"{setting}, n={n}: {quantity}", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
