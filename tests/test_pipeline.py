@@ -50,7 +50,11 @@ def test_dvc_repro_twice_on_tiny_params(tmp_path):
         "population_starts": 1,
         "population_max_iter": 5,
     }
-    params["studies"]["coverage"]["smoke"] = {"n": 80, "replicates": 2, "bootstrap": 3} | budget
+    params["studies"]["coverage"]["smoke"] = {
+        "sizes": [80],
+        "replicates": 2,
+        "bootstrap": 3,
+    } | budget
     (work / "params.yaml").write_text(yaml.safe_dump(params))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

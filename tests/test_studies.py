@@ -175,7 +175,7 @@ TINY = {
     "projection": {"sizes": [80, 160], "replicates": 2, "restarts": 1, "eval_rows": 4000,
                    "tail_from": 80, "x_nodes": 8, "y_nodes": 201, "population_starts": 1,
                    "population_max_iter": 300},
-    "coverage": {"n": 120, "replicates": 3, "bootstrap": 6, "restarts": 1, "points": 3},
+    "coverage": {"sizes": [120], "replicates": 3, "bootstrap": 6, "restarts": 1, "points": 3},
 }  # fmt: skip
 
 

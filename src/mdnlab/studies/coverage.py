@@ -222,39 +222,23 @@ def run(
     frames = []
     for setting in SETTINGS:
         truth = truth_of(setting, seed)
-        fits = fit_replicates(
-            truth, setting.spec, size.n, list(range(size.replicates)), seed, setting.code, settings
-        )
-        target = targets(setting, truth, points, seed, [f.module for f in fits[:4]])
-        rows = []
-        for fit in fits:
-            replicate = replicate_rows(setting, fit, points, size, seed)
-            for row in replicate:
-                row["target"] = float(target[row["quantity"]][row["point"]])
-            rows += replicate
-            if log is not None:
-                part = summarise(pd.DataFrame(replicate), size.level)
-                log.child(
-                    f"{setting.name}-n{size.n}-r{fit.replicate}",
-                    {
-                        "setting": setting.name,
-                        "n": size.n,
-                        "replicate": fit.replicate,
-                        "bootstrap": size.bootstrap,
-                    },
-                    {
-                        f"{metric_name(r.quantity)}/{r.estimator}/covered_fraction": r.coverage
-                        for r in part.itertuples()
-                    }
-                    | {"grad_max": fit.grad_max, "bootstrap_used": replicate[0]["bootstrap_used"]},
-                )
-        frame = pd.DataFrame(rows)
-        frames.append(frame)
-        table = summarise(frame, size.level)
-        for r in table.itertuples():
-            say(
-                f"[{setting.name}] {r.quantity} {r.estimator}: coverage {r.coverage:.3f} ± {r.coverage_se:.3f}, width {r.width:.4f}"
+        fits_by_n = {
+            n: fit_replicates(
+                truth, setting.spec, n, list(range(size.replicates)), seed, setting.code, settings
             )
+            for n in size.sizes
+        }
+        largest = fits_by_n[size.sizes[-1]]
+        target = targets(setting, truth, points, seed, [f.module for f in largest[:4]])
+        for n, fits in fits_by_n.items():
+            frame = coverage_rows(setting, fits, target, points, size, seed, log)
+            frames.append(frame)
+            for r in summarise(frame, size.level).itertuples():
+                say(
+                    f"[{setting.name}] n = {n} {r.quantity} {r.estimator}: coverage "
+                    f"{r.coverage:.3f} ± {r.coverage_se:.3f}, width {r.width:.4f}, bias "
+                    f"{r.bias:+.4f} ± {r.bias_se:.4f}"
+                )
     frame = pd.concat(frames, ignore_index=True)
     table = summarise(frame, size.level)
     frame.to_csv(out / "coverage.csv", index=False)
@@ -267,7 +251,37 @@ def run(
         metrics[f"{key}/coverage"] = r.coverage
         metrics[f"{key}/coverage_se"] = r.coverage_se
         metrics[f"{key}/width"] = r.width
+        metrics[f"{r.setting}/n{r.n}/{metric_name(r.quantity)}/bias"] = r.bias
+        metrics[f"{r.setting}/n{r.n}/{metric_name(r.quantity)}/bias_se"] = r.bias_se
     return metrics
+
+
+def coverage_rows(setting, fits, target, points, size, seed, log) -> pd.DataFrame:
+    """Every replicate's estimates, target and SEs at ``points``; one MLflow child each."""
+    rows = []
+    for fit in fits:
+        replicate = replicate_rows(setting, fit, points, size, seed)
+        for row in replicate:
+            row["target"] = float(target[row["quantity"]][row["point"]])
+        rows += replicate
+        if log is None:
+            continue
+        part = summarise(pd.DataFrame(replicate), size.level)
+        log.child(
+            f"{setting.name}-n{fit.n}-r{fit.replicate}",
+            {
+                "setting": setting.name,
+                "n": fit.n,
+                "replicate": fit.replicate,
+                "bootstrap": size.bootstrap,
+            },
+            {
+                f"{metric_name(r.quantity)}/{r.estimator}/covered_fraction": r.coverage
+                for r in part.itertuples()
+            }
+            | {"grad_max": fit.grad_max, "bootstrap_used": replicate[0]["bootstrap_used"]},
+        )
+    return pd.DataFrame(rows)
 
 
 def figure(table: pd.DataFrame, level: float, path: Path) -> None:

@@ -33,7 +33,7 @@ class CurveSize:
 
 @dataclass(frozen=True)
 class CoverageSize:
-    n: int
+    sizes: list[int]
     replicates: int
     bootstrap: int
     restarts: int
