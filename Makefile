@@ -46,6 +46,7 @@ bench: setup
 	python benchmarks/train_overhead.py
 	python benchmarks/restarts.py
 	python benchmarks/inference.py
+	python benchmarks/replicates.py
 	python benchmarks/matrix_free.py --sizes 500 2000
 
 clean:

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    # the wall time varies run to run: MLflow keeps it, the DVC metrics file does not
+    stable = {k: v for k, v in metrics.items() if k != "seconds"}
+    args.metrics.write_text(json.dumps(stable, indent=2, sort_keys=True) + "\n")
     print(
         f"{args.study}: done in {time.perf_counter() - started:.0f}s; wrote {args.out} and {args.metrics}"
     )

@@ -1,4 +1,8 @@
-"""`dvc repro` end to end on tiny params in a temp copy of the repo; a second repro does nothing."""
+"""`dvc repro` end to end on tiny params in a temp copy of the repo; a second repro does nothing.
+
+The copy trains 5 of the 12 default experiments (one per family, real and synthetic, and the
+two whose KL to the truth the test checks), to keep the suite short; every stage of the real
+`dvc.yaml` runs in `make pipeline`."""
 
 from __future__ import annotations
 
@@ -56,6 +60,12 @@ def test_dvc_repro_twice_on_tiny_params(tmp_path):
         "bootstrap": 3,
     } | budget
     (work / "params.yaml").write_text(yaml.safe_dump(params))
+    pipeline = yaml.safe_load((work / "dvc.yaml").read_text())
+    kept = ("mcycle", "beps", "synth_mixture", "bishop", "synth_wishart")
+    every = pipeline["vars"][0]["experiments"]
+    assert set(kept) <= set(every)
+    pipeline["vars"][0]["experiments"] = {k: v for k, v in every.items() if k in kept}
+    (work / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(
