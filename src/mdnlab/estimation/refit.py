@@ -61,11 +61,19 @@ def refit_on_targets(
         nll = -(log_q.reshape(m, n) + jacobian).mean(dim=1)
         return nll + penalty / (2.0 * n) * theta.pow(2).sum(dim=1)
 
+    return polish_copies(module, members, objective, tol, max_iter, label)
+
+
+def polish_copies(
+    module, members: BatchedMLP, objective, tol: float, max_iter: int, label: str = ""
+) -> Refits:
+    """Polish the copies of ``module`` stacked in ``members`` on ``objective(theta, index)``
+    (batched L-BFGS) and return them as modules with their convergence."""
     outcome = lbfgs_members(objective, members.flat(), tol, max_iter, label=label)
     _, gradient = value_and_grad(objective, outcome.theta)
     members.set_flat(outcome.theta)
     modules = []
-    for b in range(count):
+    for b in range(members.n_members):
         copy_b = copy.deepcopy(module)
         members.copy_member_into(b, copy_b.net)
         modules.append(copy_b)

@@ -10,22 +10,12 @@ the estimator's sampling variability within the fitted basin, skipping Adam and 
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from mdnlab.estimation.ensemble import MemberEnsemble
-from mdnlab.estimation.lbfgs import lbfgs_members, value_and_grad
 from mdnlab.estimation.members import BatchedMLP
-
-
-@dataclass
-class BootstrapRefits:
-    modules: list
-    converged: np.ndarray  # (B,) bool
-    grad_max: np.ndarray  # (B,)
+from mdnlab.estimation.refit import Refits, polish_copies
 
 
 def multinomial_counts(n: int, count: int, seed: int) -> torch.Tensor:
@@ -43,7 +33,7 @@ def bootstrap_refits(
     seed: int,
     tol: float = 1e-6,
     max_iter: int = 5000,
-) -> BootstrapRefits:
+) -> Refits:
     """``count`` refits of ``module`` on resampled rows of (x, y) at ``penalty``."""
     n = x.shape[0]
     counts = multinomial_counts(n, count, seed)
@@ -53,13 +43,4 @@ def bootstrap_refits(
     def objective(theta: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         return ensemble.objective(x, y, theta=theta, members=index)
 
-    outcome = lbfgs_members(objective, members.flat(), tol, max_iter)
-    _, gradient = value_and_grad(objective, outcome.theta)
-    members.set_flat(outcome.theta)
-    modules = []
-    for b in range(count):
-        refit = copy.deepcopy(module)
-        members.copy_member_into(b, refit.net)
-        modules.append(refit)
-    grad_max = gradient.abs().amax(dim=1).numpy()
-    return BootstrapRefits(modules, grad_max <= tol, grad_max)
+    return polish_copies(module, members, objective, tol, max_iter)

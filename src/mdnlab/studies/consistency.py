@@ -29,13 +29,12 @@ from mdnlab.data.simulators import SIMULATORS
 from mdnlab.studies.kl_curve import Case, by_size, kl_curve, loglog_slope
 from mdnlab.studies.replicates import FitSettings, ModelSpec
 from mdnlab.studies.settings import CurveSize
+from mdnlab.studies.teacher import make_teacher
 
 MODEL = ModelSpec(family="gaussian", n_components=3, hidden_sizes=(8,), penalty=3.0)
 
 
 def cases(seed: int) -> list[Case]:
-    from mdnlab.studies.teacher import make_teacher
-
     teacher = make_teacher(n_components=3, hidden_sizes=(8,), seed=seed, name="teacher_K3")
     return [
         Case("teacher_K3", teacher, MODEL, 1, "contained"),
@@ -47,41 +46,19 @@ def run(
     size: CurveSize, seed: int, out: Path, log=None, fit: FitSettings | None = None
 ) -> dict[str, float]:
     """The study at ``size``; ``log``: a ``StudyLog`` (None: files only); ``fit``: the
-    estimator's settings (default ``FitSettings(restarts=size.restarts)``; tests shrink the
-    Adam budget)."""
+    estimator's settings (default ``FitSettings.for_size(size)``)."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = fit or FitSettings(restarts=size.restarts)
-    frames = []
-    for case in cases(seed):
-
-        def on_fit(row, fit, case=case):
-            if log is not None:
-                log.child(
-                    f"{case.name}-n{row['n']}-r{row['replicate']}",
-                    {"case": case.name, "n": row["n"], "replicate": row["replicate"]},
-                    {k: row[k] for k in METRIC_COLUMNS},
-                )
-
-        frames.append(
-            kl_curve(case, size.sizes, size.replicates, seed, settings, size.eval_rows, on_fit)
-        )
+    settings = fit or FitSettings.for_size(size)
+    frames = [
+        kl_curve(case, size.sizes, size.replicates, seed, settings, size.eval_rows, log)[0]
+        for case in cases(seed)
+    ]
     fits = pd.concat(frames, ignore_index=True)
     table = by_size(fits)
     fits.to_csv(out / "consistency.csv", index=False)
     table.to_csv(out / "consistency_by_n.csv", index=False)
     figure(table, out / "consistency.png")
     return summary_metrics(table, size.tail_from)
-
-
-METRIC_COLUMNS = (
-    "kl",
-    "kl_se",
-    "kl_quadrature",
-    "tic_trace",
-    "predicted_excess",
-    "effective_params",
-    "grad_max",
-)
 
 
 def summary_metrics(table: pd.DataFrame, tail_from: int) -> dict[str, float]:

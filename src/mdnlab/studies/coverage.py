@@ -41,8 +41,11 @@ from scipy import stats
 from mdnlab.inference.step import run_inference
 from mdnlab.progress import say
 from mdnlab.studies.bootstrap import bootstrap_refits
+from mdnlab.studies.population import quadrature_grid
+from mdnlab.studies.projection import project
 from mdnlab.studies.replicates import FitSettings, ModelSpec, fit_replicates, reference_scalers
 from mdnlab.studies.settings import CoverageSize
+from mdnlab.studies.teacher import make_teacher
 
 ESTIMATORS = ("hessian", "sandwich", "bootstrap")
 
@@ -78,8 +81,6 @@ SETTINGS = (
 
 
 def truth_of(setting: Setting, seed: int):
-    from mdnlab.studies.teacher import make_teacher
-
     if setting.truth_name == "teacher_K2":
         return make_teacher(n_components=2, hidden_sizes=(8,), seed=seed, name="teacher_K2")
     raise ValueError(f"unknown truth {setting.truth_name!r}")
@@ -91,28 +92,8 @@ def targets(setting: Setting, truth, points: np.ndarray, seed: int, warm_starts:
     if setting.relation == "well specified":
         values = truth.quantities(points)
         return {q: np.asarray(values[q], dtype=float) for q in setting.quantities}
-    from mdnlab.studies.population import population_fit, quadrature_grid
-
     grid = quadrature_grid(truth, x_nodes=24, y_nodes=401)  # 48 x 1601 agrees to 1e-11
-    # the members must share the warm starts' scalers (the weights mean nothing without them)
-    scalers = (
-        warm_starts[0]
-        if warm_starts
-        else reference_scalers(truth, setting.spec, FitSettings().reference_rows, seed)
-    )
-
-    def make_module(member_seed: int):
-        from mdnlab.studies.replicates import build_module
-
-        torch.manual_seed(member_seed)
-        module = build_module(setting.spec, 1, [1])
-        module.x_scaler.load_state_dict(scalers.x_scaler.state_dict())
-        module.y_scaler.load_state_dict(scalers.y_scaler.state_dict())
-        return module
-
-    fit = population_fit(
-        grid, make_module, [20_000 + seed], warm_starts=warm_starts, tol=1e-6, max_iter=5000
-    )
+    fit = project(truth, setting.spec, warm_starts, [20_000 + seed], grid, max_iter=5000)
     with torch.no_grad():
         values = fit.module.quantities(torch.as_tensor(points, dtype=torch.float64))
     return {q: values[q].numpy() for q in setting.quantities}
@@ -180,7 +161,7 @@ def summarise(frame: pd.DataFrame, level: float) -> pd.DataFrame:
     out = []
     for (setting, n, quantity), part in frame.groupby(["setting", "n", "quantity"], sort=False):
         error = part.estimate - part.target
-        bias_by_point = error.groupby(part.point)
+        error_by_point = error.groupby(part.point)
         m = part.replicate.nunique()
         for estimator in ESTIMATORS:
             se = part[f"se_{estimator}"]
@@ -203,7 +184,7 @@ def summarise(frame: pd.DataFrame, level: float) -> pd.DataFrame:
                     "width": float((2 * z * se).mean()),
                     "bias": float(error.mean()),
                     "bias_se": float(error.groupby(part.replicate).mean().std(ddof=1) / np.sqrt(m)),
-                    "sd_estimate": float(bias_by_point.std(ddof=1).mean()),
+                    "sd_estimate": float(error_by_point.std(ddof=1).mean()),
                     "mean_se": float(se.mean()),
                 }
             )
@@ -214,17 +195,18 @@ def run(
     size: CoverageSize, seed: int, out: Path, log=None, fit: FitSettings | None = None
 ) -> dict[str, float]:
     """The study at ``size``; ``log``: a ``StudyLog`` (None: files only); ``fit``: the
-    estimator's settings (default ``FitSettings(restarts=size.restarts)``; tests shrink the
-    Adam budget)."""
+    estimator's settings (default ``FitSettings.for_size(size)``)."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = fit or FitSettings(restarts=size.restarts)
+    settings = fit or FitSettings.for_size(size)
     points = np.linspace(-0.8, 0.8, size.points)[:, None]
     frames = []
     for setting in SETTINGS:
         truth = truth_of(setting, seed)
+        scalers = reference_scalers(truth, setting.spec, settings.reference_rows, seed)
+        replicates = list(range(size.replicates))
         fits_by_n = {
             n: fit_replicates(
-                truth, setting.spec, n, list(range(size.replicates)), seed, setting.code, settings
+                truth, setting.spec, n, replicates, seed, setting.code, settings, scalers
             )
             for n in size.sizes
         }

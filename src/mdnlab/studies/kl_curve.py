@@ -21,7 +21,6 @@ For one truth and one fitted model (a ``Case``), M replicate fits at each n of a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,11 +29,22 @@ import pandas as pd
 from mdnlab.diagnostics.kl import kl_estimate, model_log_prob
 from mdnlab.inference.step import run_inference
 from mdnlab.progress import say
+from mdnlab.studies.population import quadrature_grid
 from mdnlab.studies.replicates import (
     FitSettings,
     ModelSpec,
     fit_replicates,
     reference_scalers,
+)
+
+CHILD_METRICS = (
+    "kl",
+    "kl_se",
+    "kl_quadrature",
+    "tic_trace",
+    "predicted_excess",
+    "effective_params",
+    "grad_max",
 )
 
 
@@ -65,14 +75,13 @@ def kl_curve(
     seed: int,
     settings: FitSettings,
     eval_rows: int,
-    on_fit: Callable[[dict, object], None] | None = None,
-) -> pd.DataFrame:
-    """One row per fit (``case``, ``n``, ``replicate``, ``kl``, ``kl_se``, ``tic_trace``,
-    ``predicted_excess``, ``effective_params``, ``objective``, ``nll``, ``grad_max``,
-    ``converged``, ``epochs``, ``seconds``); ``on_fit(row, fit)`` is called as each lands
-    (``fit``: the ``ReplicateFit``)."""
-    from mdnlab.studies.population import quadrature_grid
-
+    log=None,
+) -> tuple[pd.DataFrame, list]:
+    """One row per fit (``case``, ``n``, ``replicate``, ``kl``, ``kl_se``, ``kl_quadrature``,
+    ``tic_trace``, ``predicted_excess``, ``effective_params``, ``objective``, ``nll``,
+    ``grad_max``, ``converged``, ``epochs``, ``seconds``), and the fitted modules at the
+    largest n (warm starts for a population fit). ``log``: a ``StudyLog`` that gets one child
+    run per fit with ``CHILD_METRICS``."""
     x_eval, y_eval, log_p = evaluation_sample(case, eval_rows, seed)
     grid = quadrature_grid(case.truth, x_nodes=24, y_nodes=401)
     scalers = reference_scalers(case.truth, case.spec, settings.reference_rows, seed)
@@ -112,8 +121,12 @@ def kl_curve(
                 "seconds": fit_seconds + time.perf_counter() - t1,
             }
             rows.append(row)
-            if on_fit is not None:
-                on_fit(row, fit)
+            if log is not None:
+                log.child(
+                    f"{case.name}-n{n}-r{fit.replicate}",
+                    {"case": case.name, "n": n, "replicate": fit.replicate},
+                    {k: row[k] for k in CHILD_METRICS},
+                )
         part = by_size(pd.DataFrame(rows[-len(fits) :])).iloc[0]
         say(
             f"[{case.name}] n = {n}: KL {part.kl_quadrature:.5f} ± {part.kl_quadrature_se:.5f} "
@@ -121,7 +134,7 @@ def kl_curve(
             f"{part.converged:.0%} converged; "
             f"{time.perf_counter() - t0:.0f}s, elapsed {time.perf_counter() - started:.0f}s"
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), [fit.module for fit in fits]
 
 
 def by_size(frame: pd.DataFrame, baseline: float = 0.0) -> pd.DataFrame:

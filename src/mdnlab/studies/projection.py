@@ -33,23 +33,13 @@ import pandas as pd
 
 from mdnlab.data.simulators import SIMULATORS
 from mdnlab.studies.kl_curve import Case, by_size, kl_curve, loglog_slope
-from mdnlab.studies.replicates import FitSettings, ModelSpec, build_module, reference_scalers
+from mdnlab.studies.population import population_fit, quadrature_grid
+from mdnlab.studies.replicates import FitSettings, ModelSpec, module_factory
 from mdnlab.studies.settings import CurveSize
-
-METRIC_COLUMNS = (
-    "kl",
-    "kl_se",
-    "kl_quadrature",
-    "tic_trace",
-    "predicted_excess",
-    "effective_params",
-    "grad_max",
-)
+from mdnlab.studies.teacher import make_teacher
 
 
 def cases(seed: int) -> list[Case]:
-    from mdnlab.studies.teacher import make_teacher
-
     bimodal = make_teacher(n_components=2, hidden_sizes=(8,), seed=seed, name="teacher_K2")
     return [
         Case("bimodal_K1", bimodal, ModelSpec(n_components=1), 3, "misspecified"),
@@ -63,31 +53,12 @@ def cases(seed: int) -> list[Case]:
     ]
 
 
-def projection_constant(case: Case, size: CurveSize, seed: int, warm_starts: list):
-    """The population fit of ``case.spec`` to ``case.truth`` (``population.PopulationFit``)."""
-    from mdnlab.studies.population import population_fit, quadrature_grid
-
-    grid = quadrature_grid(case.truth, x_nodes=size.x_nodes, y_nodes=size.y_nodes)
-    # the members must share the warm starts' scalers (the weights mean nothing without them)
-    scalers = (
-        warm_starts[0]
-        if warm_starts
-        else reference_scalers(case.truth, case.spec, FitSettings().reference_rows, seed)
-    )
-
-    def make_module(member_seed: int):
-        import torch
-
-        torch.manual_seed(member_seed)
-        module = build_module(case.spec, 1, [1])
-        module.x_scaler.load_state_dict(scalers.x_scaler.state_dict())
-        module.y_scaler.load_state_dict(scalers.y_scaler.state_dict())
-        return module
-
-    seeds = [10_000 + seed * 100 + s for s in range(size.population_starts)]
-    return grid, population_fit(
-        grid, make_module, seeds, warm_starts, tol=1e-6, max_iter=size.population_max_iter
-    )
+def project(truth, spec: ModelSpec, warm_starts: list, seeds: list[int], grid, max_iter: int):
+    """The KL projection of ``truth`` onto ``spec``'s family: the population fit on ``grid``
+    (``population.population_fit``, lambda = 0, max|grad| <= 1e-6) from ``seeds`` and the
+    ``warm_starts`` (modules of ``spec``, whose scalers every member shares)."""
+    make_module = module_factory(spec, warm_starts[0], 1, [1])
+    return population_fit(grid, make_module, seeds, warm_starts, tol=1e-6, max_iter=max_iter)
 
 
 def fitted_limit(n: np.ndarray, kl: np.ndarray) -> float:
@@ -100,26 +71,17 @@ def run(
     size: CurveSize, seed: int, out: Path, log=None, fit: FitSettings | None = None
 ) -> dict[str, float]:
     """The study at ``size``; ``log``: a ``StudyLog`` (None: files only); ``fit``: the
-    estimator's settings (default ``FitSettings(restarts=size.restarts)``; tests shrink the
-    Adam budget)."""
+    estimator's settings (default ``FitSettings.for_size(size)``)."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = fit or FitSettings(restarts=size.restarts)
+    settings = fit or FitSettings.for_size(size)
     frames, tables, population_rows, metrics = [], [], [], {}
     for case in cases(seed):
-        largest: list = []
-
-        def on_fit(row, fit, case=case, largest=largest):
-            if row["n"] == size.sizes[-1]:
-                largest.append(fit.module)
-            if log is not None:
-                log.child(
-                    f"{case.name}-n{row['n']}-r{row['replicate']}",
-                    {"case": case.name, "n": row["n"], "replicate": row["replicate"]},
-                    {k: row[k] for k in METRIC_COLUMNS},
-                )
-
-        fits = kl_curve(case, size.sizes, size.replicates, seed, settings, size.eval_rows, on_fit)
-        grid, population = projection_constant(case, size, seed, largest)
+        fits, largest = kl_curve(
+            case, size.sizes, size.replicates, seed, settings, size.eval_rows, log
+        )
+        grid = quadrature_grid(case.truth, x_nodes=size.x_nodes, y_nodes=size.y_nodes)
+        seeds = [10_000 + seed * 100 + s for s in range(size.population_starts)]
+        population = project(case.truth, case.spec, largest, seeds, grid, size.population_max_iter)
         constant = population.kl
         for i, (kl, grad) in enumerate(
             zip(population.member_kl, population.member_grad_max, strict=True)

@@ -60,6 +60,16 @@ class FitSettings:
     reference_rows: int = 20_000  # the sample the shared scalers are fitted on
     batch_rows: int = 2000
 
+    @classmethod
+    def for_size(cls, size) -> FitSettings:
+        """The fits of a study at ``size`` (a ``settings.CurveSize`` / ``CoverageSize``): the
+        pipeline's estimator with the size's restarts, Adam epochs and polish budget."""
+        return cls(
+            restarts=size.restarts,
+            trainer=TrainerSettings(max_epochs=size.max_epochs, patience=200),
+            polish=PolishSettings(tol=1e-6, max_iter=size.polish_max_iter, newton_max_params=300),
+        )
+
     def batch_size(self, n: int) -> int | None:
         return None if n <= self.batch_rows else self.batch_rows
 
@@ -119,6 +129,20 @@ def build_module(spec: ModelSpec, in_dim: int, event_shape) -> MDNModule:
     )
 
 
+def module_factory(spec: ModelSpec, scalers: MDNModule, in_dim: int, event_shape):
+    """``make_module(seed)``: a module of ``spec`` initialised from ``seed``, carrying the
+    scalers of ``scalers`` (members that share an ensemble must share their scalers)."""
+
+    def make_module(member_seed: int) -> MDNModule:
+        torch.manual_seed(member_seed)
+        module = build_module(spec, in_dim, event_shape)
+        module.x_scaler.load_state_dict(scalers.x_scaler.state_dict())
+        module.y_scaler.load_state_dict(scalers.y_scaler.state_dict())
+        return module
+
+    return make_module
+
+
 def fit_replicates(
     truth,
     spec: ModelSpec,
@@ -147,12 +171,7 @@ def fit_replicates(
             seeds.append(member_seed)
     data = FitData(*(torch.stack([p[i] for p in parts]) for i in range(4)))
 
-    def make_module(member_seed: int) -> MDNModule:
-        torch.manual_seed(member_seed)
-        module = build_module(spec, data.x_train.shape[2], data.y_train.shape[2:])
-        module.x_scaler.load_state_dict(scalers.x_scaler.state_dict())
-        module.y_scaler.load_state_dict(scalers.y_scaler.state_dict())
-        return module
+    make_module = module_factory(spec, scalers, data.x_train.shape[2], data.y_train.shape[2:])
 
     sink = contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext()
     with sink:

@@ -6,13 +6,10 @@ import time
 from pathlib import Path
 
 from mdnlab.errors import ConfigError
-from mdnlab.estimation.adam import TrainerSettings
-from mdnlab.estimation.fit import PolishSettings
 from mdnlab.pipeline import configure_threads
 from mdnlab.progress import say
 from mdnlab.studies import settings as study_settings
 from mdnlab.studies.mlflow_log import StudyLog
-from mdnlab.studies.replicates import FitSettings
 
 
 def _studies():
@@ -25,15 +22,6 @@ def _studies():
     }
 
 
-def fit_settings(size) -> FitSettings:
-    """The study fits' estimator: the pipeline's defaults with the size's budgets."""
-    return FitSettings(
-        restarts=size.restarts,
-        trainer=TrainerSettings(max_epochs=size.max_epochs, patience=200),
-        polish=PolishSettings(tol=1e-6, max_iter=size.polish_max_iter, newton_max_params=300),
-    )
-
-
 def run_study(
     name: str,
     params: dict,
@@ -44,7 +32,7 @@ def run_study(
     fit=None,
 ) -> dict[str, float]:
     """Metrics of study ``name`` at ``size`` (None: ``params['studies']['size']``); ``fit``:
-    the estimator's ``FitSettings`` (default: the study's own)."""
+    the estimator's ``FitSettings`` (default ``FitSettings.for_size`` of the size)."""
     studies = _studies()
     if name not in studies:
         raise ConfigError(f"unknown study {name!r}; expected one of {', '.join(studies)}")
@@ -57,7 +45,6 @@ def run_study(
         raise ConfigError(f"params.yaml studies.seed: expected an integer >= 0, got {seed!r}")
     kind, run = studies[name]
     chosen = study_settings.read(kind, name, params, size)
-    fit = fit or fit_settings(chosen)
     # One thread: the steps of these small networks are too small to share (measured here, a
     # replicate fit at n = 100 took 143 s on 2 threads beside a busy process against 8 s on 1).
     threads = configure_threads(1)
