@@ -18,7 +18,7 @@ from mdnlab.estimation.objective import objective
 from mdnlab.polish import lbfgs_polish
 from mdnlab.studies import settings as study_settings
 from mdnlab.studies.bootstrap import bootstrap_refits, multinomial_counts
-from mdnlab.studies.coverage import summarise
+from mdnlab.studies.coverage import SETTINGS, summarise
 from mdnlab.studies.kl_curve import loglog_slope
 from mdnlab.studies.projection import fitted_limit
 from mdnlab.studies.replicates import FitSettings, ModelSpec, build_module, n_drawn
@@ -192,8 +192,9 @@ def test_study_end_to_end_at_a_tiny_size(study, tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     if study == "coverage":
-        assert len(children) == 2 * 3  # settings x replicates
+        assert len(children) == 5 * 3  # settings x replicates
         table = pd.read_csv(out / "coverage_summary.csv")
+        assert set(table.setting) == {s.name for s in SETTINGS}
         assert set(table.estimator) == {"hessian", "sandwich", "bootstrap"}
         assert table.coverage.between(0, 1).all() and (table.width > 0).all()
         frame = pd.read_csv(out / "coverage.csv")

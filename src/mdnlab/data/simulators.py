@@ -395,6 +395,15 @@ class LatentClass(Simulator):
         log_comp = sum(np.log(p[rows, :, codes[:, d]]) for d, p in enumerate(probs))
         return logsumexp(np.log(w) + log_comp, axis=1)
 
+    def quantities(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``prob[d,c]``: the true marginal probability of class c of y_d at x, each (n,)."""
+        w, probs = latent_class_params(x)
+        return {
+            f"prob[{d},{c}]": np.einsum("nk,nk->n", w, p[:, :, c])
+            for d, p in enumerate(probs)
+            for c in range(p.shape[2])
+        }
+
 
 # --------------------------------------------------------------------------------------------
 # e. synth_wishart: 3 x 3 SPD matrices from a 2-component Wishart mixture
@@ -487,6 +496,12 @@ class WishartMixture(Simulator):
         w, df, chol = wishart_params(x)
         y = np.asarray(y, dtype=np.float64).reshape(-1, 1, WISHART_P, WISHART_P)
         return logsumexp(np.log(w) + wishart_logpdf(y, df, chol), axis=1)
+
+    def quantities(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``mean[i,j]`` (j <= i): the true E[Y_ij | x] = sum_k pi_k (C_k C_k')_ij, each (n,)."""
+        w, df, chol = wishart_params(x)
+        mean = np.einsum("nk,nkij->nij", w * df, chol @ np.swapaxes(chol, -1, -2))
+        return {f"mean[{i},{j}]": mean[:, i, j] for i in range(WISHART_P) for j in range(i + 1)}
 
 
 # --------------------------------------------------------------------------------------------

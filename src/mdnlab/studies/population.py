@@ -155,6 +155,33 @@ def quadrature_grid(
     )
 
 
+def enumeration_grid(truth, n_classes: Sequence[int], x_nodes: int = 48) -> QuadratureGrid:
+    """The grid for discrete y (class codes, one column per entry of ``n_classes``): at each
+    Gauss-Legendre x node every cell of the product of classes, weighted by p(y|x). The y sum
+    is exact, so ``mass`` is 1 up to rounding and only the x integral is a quadrature."""
+    t, wt = np.polynomial.legendre.leggauss(x_nodes)
+    cells = np.stack(np.meshgrid(*[np.arange(c) for c in n_classes], indexing="ij"), axis=-1)
+    cells = cells.reshape(-1, len(n_classes)).astype(np.float64)
+    x = np.repeat(t, len(cells))[:, None]
+    y = np.tile(cells, (x_nodes, 1))
+    log_p = np.asarray(truth.log_prob(x, y), dtype=np.float64).reshape(x_nodes, len(cells))
+    p = np.exp(log_p)
+    mass = p.sum(axis=1)
+    x_weights = wt / 2
+    return QuadratureGrid(
+        x=x,
+        y=y,
+        weights=(x_weights[:, None] * p / mass[:, None]).ravel(),
+        log_p=log_p.ravel(),
+        node=np.repeat(np.arange(x_nodes), len(cells)),
+        x_nodes=t,
+        x_weights=x_weights,
+        mass=mass,
+        centre=0.0,
+        spread=1.0,
+    )
+
+
 def population_kl(grid: QuadratureGrid, module) -> float:
     """KL(p || q) of an ``MDNModule`` q by the grid's quadrature."""
     return grid.kl(model_log_prob(module, grid.x, grid.y))
@@ -201,8 +228,9 @@ def _check_same_model(modules: Sequence) -> None:
                 f"{architecture(module)} vs {architecture(first)}"
             )
         for name in ("x_scaler", "y_scaler"):
-            a, b = getattr(first, name), getattr(module, name)
-            if not (torch.equal(a.loc, b.loc) and torch.equal(a.scale, b.scale)):
+            a = getattr(first, name).state_dict()
+            b = getattr(module, name).state_dict()
+            if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
                 raise ValueError(
                     f"member {j}'s {name} differs from member 0's: the weights of members "
                     "are only comparable under the same scalers (fit them on one sample)"

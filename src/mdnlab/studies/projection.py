@@ -57,7 +57,8 @@ def project(truth, spec: ModelSpec, warm_starts: list, seeds: list[int], grid, m
     """The KL projection of ``truth`` onto ``spec``'s family: the population fit on ``grid``
     (``population.population_fit``, lambda = 0, max|grad| <= 1e-6) from ``seeds`` and the
     ``warm_starts`` (modules of ``spec``, whose scalers every member shares)."""
-    make_module = module_factory(spec, warm_starts[0], 1, [1])
+    first = warm_starts[0]
+    make_module = module_factory(spec, first, first.hparams["in_dim"], first.hparams["event_shape"])
     return population_fit(grid, make_module, seeds, warm_starts, tol=1e-6, max_iter=max_iter)
 
 

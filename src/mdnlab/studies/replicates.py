@@ -39,11 +39,16 @@ class ModelSpec:
     activation: str = "tanh"
     penalty: float = 3.0
     lr: float = 0.01
+    n_classes: tuple[int, ...] | None = None  # family categorical: classes per y column
 
     @property
     def label(self) -> str:
         hidden = ",".join(str(h) for h in self.hidden_sizes)
         return f"{self.family} K={self.n_components} [{hidden}] λ={self.penalty:g}"
+
+    @property
+    def family_options(self) -> dict:
+        return {} if self.n_classes is None else {"n_classes": list(self.n_classes)}
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ def build_module(spec: ModelSpec, in_dim: int, event_shape) -> MDNModule:
         activation=spec.activation,
         lr=spec.lr,
         identifiability="none",
+        **spec.family_options,
     )
 
 
