@@ -32,11 +32,16 @@ pipeline: data
 	dvc repro
 	dvc metrics show --precision 8
 
+# Tests run in TEST_JOBS pytest-xdist workers (one torch thread each; the slow end-to-end
+# tests are queued first, see tests/conftest.py). TEST_JOBS=0 runs them in this process.
+TEST_JOBS ?= 2
+PYTEST := python -m pytest -n $(TEST_JOBS) --dist worksteal
+
 test: data
-	python -m pytest
+	$(PYTEST)
 
 test-fast: data
-	python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: setup
 	ruff check src tests benchmarks

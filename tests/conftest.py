@@ -22,6 +22,11 @@ TINY = [
 ]
 
 
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end tests first, so that parallel workers do not end on one of them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     import torch

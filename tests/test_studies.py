@@ -216,3 +216,19 @@ def test_study_end_to_end_at_a_tiny_size(study, tmp_path):
         for case in ("bimodal_K1", "heavytail_K2"):
             assert metrics[f"{case}/kl_projection"] > 0
             assert metrics[f"{case}/quadrature_mass_error"] < 1e-6
+
+
+def test_coverage_units_give_the_same_numbers_in_parallel_processes(monkeypatch):
+    from mdnlab.studies import coverage
+
+    cheap = tuple(s for s in coverage.SETTINGS if s.name.startswith("categorical"))
+    monkeypatch.setattr(coverage, "SETTINGS", cheap)
+    size = study_settings.CoverageSize(sizes=[60], replicates=2, bootstrap=3, restarts=1)
+    serial = coverage.fit_units(size, 0, TINY_FIT)
+    parallel = coverage.fit_units(
+        study_settings.CoverageSize(**(vars(size) | {"jobs": 2})), 0, TINY_FIT
+    )
+    assert [(u.setting, u.n) for u in serial] == [(u.setting, u.n) for u in parallel]
+    assert len(serial) == 2
+    for a, b in zip(serial, parallel, strict=True):
+        pd.testing.assert_frame_equal(a.frame, b.frame)

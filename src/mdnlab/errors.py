@@ -15,3 +15,12 @@ class ConfigError(MdnlabError):
 
 class TrainingError(MdnlabError):
     """Training could not produce a usable fit (for example the loss became non-finite)."""
+
+
+class LoadError(MdnlabError):
+    """A reference (run id, URI, path) that does not lead to a fitted mdnlab model."""
+
+
+class FittedModelError(MdnlabError):
+    """A request a fitted model cannot answer: a quantity its family does not define, or an
+    argument out of range."""

@@ -57,6 +57,7 @@ from scipy import stats
 
 from mdnlab.data.simulators import SIMULATORS
 from mdnlab.inference.step import run_inference
+from mdnlab.pipeline import configure_threads
 from mdnlab.progress import say
 from mdnlab.studies.bootstrap import bootstrap_refits
 from mdnlab.studies.population import enumeration_grid, quadrature_grid
@@ -212,6 +213,7 @@ def replicate_rows(setting, fit, points, size: CoverageSize, seed: int) -> list[
                     "se_bootstrap": float(boot_se[i]),
                     "bootstrap_used": int(refits.converged.sum()),
                     "converged": fit.converged,
+                    "grad_max": fit.grad_max,
                 }
             )
     return rows
@@ -260,6 +262,53 @@ def summarise(frame: pd.DataFrame, level: float) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+@dataclass
+class Unit:
+    """One (setting, n) of the study: its replicate rows (targets not yet attached) and the
+    first replicates' fitted modules (warm starts of a projection target)."""
+
+    setting: str
+    n: int
+    frame: pd.DataFrame
+    warm_starts: list
+    seconds: float
+
+
+def fit_unit(setting: Setting, n: int, size: CoverageSize, seed: int, fit: FitSettings) -> Unit:
+    """Fit the M replicates of ``setting`` at ``n`` and their bootstrap refits (one process,
+    one thread: units run in parallel processes when ``size.jobs`` > 1)."""
+    configure_threads(1)
+    started = time.perf_counter()
+    truth = truth_of(setting, seed)
+    scalers = reference_scalers(truth, setting.spec, fit.reference_rows, seed)
+    fits = fit_replicates(
+        truth, setting.spec, n, list(range(size.replicates)), seed, setting.code, fit, scalers
+    )
+    rows = [row for f in fits for row in replicate_rows(setting, f, points_of(size), size, seed)]
+    seconds = time.perf_counter() - started
+    say(f"[{setting.name}] n = {n}: {len(fits)} replicates fitted and bootstrapped, {seconds:.0f}s")
+    return Unit(setting.name, n, pd.DataFrame(rows), [f.module for f in fits[:4]], seconds)
+
+
+def points_of(size: CoverageSize) -> np.ndarray:
+    """The x points the intervals are computed at."""
+    return np.linspace(-0.8, 0.8, size.points)[:, None]
+
+
+def fit_units(size: CoverageSize, seed: int, fit: FitSettings) -> list[Unit]:
+    """Every (setting, n), in ``size.jobs`` processes; the numbers do not depend on ``jobs``
+    (each unit draws from its own seeds)."""
+    work = [(setting, n) for setting in SETTINGS for n in size.sizes]
+    if size.jobs == 1:
+        return [fit_unit(setting, n, size, seed, fit) for setting, n in work]
+    from joblib import Parallel, delayed
+
+    say(f"coverage: {len(work)} (setting, n) units in {size.jobs} processes")
+    return Parallel(n_jobs=size.jobs, backend="loky")(
+        delayed(fit_unit)(setting, n, size, seed, fit) for setting, n in work
+    )
+
+
 def run(
     size: CoverageSize, seed: int, out: Path, log=None, fit: FitSettings | None = None
 ) -> dict[str, float]:
@@ -267,33 +316,27 @@ def run(
     estimator's settings (default ``FitSettings.for_size(size)``)."""
     out.mkdir(parents=True, exist_ok=True)
     settings = fit or FitSettings.for_size(size)
-    points = np.linspace(-0.8, 0.8, size.points)[:, None]
+    units = {(u.setting, u.n): u for u in fit_units(size, seed, settings)}
     frames, metrics = [], {}
     for setting in SETTINGS:
-        started = time.perf_counter()
+        largest = units[(setting.name, size.sizes[-1])]
         truth = truth_of(setting, seed)
-        scalers = reference_scalers(truth, setting.spec, settings.reference_rows, seed)
-        replicates = list(range(size.replicates))
-        fits_by_n = {
-            n: fit_replicates(
-                truth, setting.spec, n, replicates, seed, setting.code, settings, scalers
-            )
-            for n in size.sizes
-        }
-        largest = fits_by_n[size.sizes[-1]]
-        warm = [f.module for f in largest[:4]]
-        target, target_info = targets(setting, truth, points, seed, warm)
+        target, target_info = targets(setting, truth, points_of(size), seed, largest.warm_starts)
         metrics |= {f"{setting.name}/{k}": v for k, v in target_info.items()}
-        for n, fits in fits_by_n.items():
-            frame = coverage_rows(setting, fits, target, points, size, seed, log)
+        for n in size.sizes:
+            frame = units[(setting.name, n)].frame
+            frame["target"] = [
+                float(target[q][p]) for q, p in zip(frame.quantity, frame.point, strict=True)
+            ]
             frames.append(frame)
+            if log is not None:
+                log_replicates(log, frame, size)
             for r in summarise(frame, size.level).itertuples():
                 say(
                     f"[{setting.name}] n = {n} {r.quantity} {r.estimator}: coverage "
                     f"{r.coverage:.3f} ± {r.coverage_se:.3f}, width {r.width:.4f}, bias "
                     f"{r.bias:+.4f} ± {r.bias_se:.4f}"
                 )
-        say(f"[{setting.name}] {time.perf_counter() - started:.0f}s")
     frame = pd.concat(frames, ignore_index=True)
     table = summarise(frame, size.level)
     frame.to_csv(out / "coverage.csv", index=False)
@@ -310,32 +353,23 @@ def run(
     return metrics
 
 
-def coverage_rows(setting, fits, target, points, size, seed, log) -> pd.DataFrame:
-    """Every replicate's estimates, target and SEs at ``points``; one MLflow child each."""
-    rows = []
-    for fit in fits:
-        replicate = replicate_rows(setting, fit, points, size, seed)
-        for row in replicate:
-            row["target"] = float(target[row["quantity"]][row["point"]])
-        rows += replicate
-        if log is None:
-            continue
-        part = summarise(pd.DataFrame(replicate), size.level)
+def log_replicates(log, frame: pd.DataFrame, size: CoverageSize) -> None:
+    """One MLflow child per replicate: its fit and B bootstrap refits, with the fraction of
+    its intervals that covered, per quantity and estimator."""
+    for (setting, n, replicate), part in frame.groupby(["setting", "n", "replicate"], sort=False):
+        covered = summarise(part, size.level)
         log.child(
-            f"{setting.name}-n{fit.n}-r{fit.replicate}",
-            {
-                "setting": setting.name,
-                "n": fit.n,
-                "replicate": fit.replicate,
-                "bootstrap": size.bootstrap,
-            },
+            f"{setting}-n{n}-r{replicate}",
+            {"setting": setting, "n": n, "replicate": replicate, "bootstrap": size.bootstrap},
             {
                 f"{metric_name(r.quantity)}/{r.estimator}/covered_fraction": r.coverage
-                for r in part.itertuples()
+                for r in covered.itertuples()
             }
-            | {"grad_max": fit.grad_max, "bootstrap_used": replicate[0]["bootstrap_used"]},
+            | {
+                "grad_max": float(part.grad_max.iloc[0]),
+                "bootstrap_used": int(part.bootstrap_used.iloc[0]),
+            },
         )
-    return pd.DataFrame(rows)
 
 
 def figure(table: pd.DataFrame, level: float, path: Path) -> None:

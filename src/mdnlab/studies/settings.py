@@ -39,6 +39,7 @@ class CoverageSize:
     restarts: int
     points: int = 5
     level: float = 0.95
+    jobs: int = 1  # processes the (setting, n) units run in (one thread each)
     max_epochs: int = 3000
     polish_max_iter: int = 5000
 
