@@ -39,6 +39,9 @@ def test_single_run_logs_metrics_params_tags_and_artifacts(tmp_path, tiny_csv):
     metrics = run.data.metrics
     for name in ["train/nll", "val/nll", "test/nll", "train/grad_norm"]:
         assert np.isfinite(metrics[name]), name
+    assert 0 <= metrics["test/pit_ks"] <= 1
+    coverages = [metrics[f"test/coverage_{level}"] for level in (50, 80, 90, 95)]
+    assert coverages == sorted(coverages) and 0 <= coverages[0] and coverages[-1] <= 1
     curve = client.get_metric_history(run.info.run_id, "train/nll_epoch")
     assert len(curve) == metrics["train/epochs"] and len(curve) > 1
     assert run.data.params["model.n_components"] == "2"
@@ -56,6 +59,7 @@ def test_single_run_logs_metrics_params_tags_and_artifacts(tmp_path, tiny_csv):
         "model/model.ckpt",
         "plots/training_curves.png",
         "plots/conditional_density.png",
+        "plots/predictive_calibration.png",
         "inference/predictions.csv",
         "inference/parameters.csv",
         "plots/hessian_spectrum.png",

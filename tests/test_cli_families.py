@@ -48,7 +48,12 @@ def test_categorical_run_with_text_labels(tmp_path):
     assert json.loads((local / "data" / "y_encoding.json").read_text()) == {
         "colour": {"0": "amber", "1": "blue", "2": "crimson"}
     }
-    for plot in ["class_probabilities.png", "calibration.png", "confidence_bands.png"]:
+    for plot in [
+        "class_probabilities.png",
+        "calibration.png",
+        "confidence_bands.png",
+        "predictive_calibration.png",
+    ]:
         assert (local / "plots" / plot).is_file(), plot
 
     # Accuracy and Brier score of the test split, recomputed from the checkpoint with sklearn.

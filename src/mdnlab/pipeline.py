@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from mdnlab import plots, run_figures, tracking
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
+from mdnlab.diagnostics.calibration import calibrate
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
 from mdnlab.diagnostics.labels import identified_flags
 from mdnlab.diagnostics.report import DiagnosticSettings, diagnose
@@ -411,6 +412,14 @@ def train_and_evaluate(cfg, table, data: SplitTensors, estimation: Estimation, a
                 )
                 metrics.update({f"{split}/{name}": v for name, v in extra.items()})
         ratio = module.family.scale_floor_ratio(module.mixture(data.x["train"]))
+    if data.size("test"):
+        calibration = calibrate(module, data.x["test"], data.y["test"], seed=int(cfg.seed))
+        if calibration is not None:
+            metrics.update(calibration.metrics("test"))
+            (artifacts / "plots").mkdir(parents=True, exist_ok=True)
+            plots.predictive_calibration(
+                calibration, artifacts / "plots" / "predictive_calibration.png", label.strip("[] ")
+            )
     if ratio is not None:
         metrics["train/scale_floor_ratio"] = ratio
         if ratio < SCALE_FLOOR_MARGIN:

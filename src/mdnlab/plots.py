@@ -395,3 +395,37 @@ def criteria_against_k(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def predictive_calibration(calibration, path, title: str) -> None:
+    """PIT histogram (scalar y) beside the reliability plot: nominal against empirical
+    coverage, with the band a calibrated model stays in (+- 2 binomial SEs)."""
+    panels = 2 if calibration.pit is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.0), squeeze=False)
+    axes = axes[0]
+    if calibration.pit is not None:
+        ax = axes[0]
+        bins = max(5, min(20, calibration.rows // 10))
+        ax.hist(calibration.pit, bins=bins, range=(0, 1), density=True, color="C0", alpha=0.7)
+        band = 2 * np.sqrt(bins / calibration.rows)  # +- 2 SE of a bin's density near 1
+        ax.axhspan(1 - band, 1 + band, color="grey", alpha=0.2, label="± 2 SE of uniform")
+        ax.axhline(1.0, color="grey", linestyle=":")
+        ax.set_xlabel("PIT u = F(y | x) on the test rows")
+        ax.set_ylabel("density")
+        ax.set_title(f"PIT (KS distance {calibration.pit_ks:.3f})", fontsize=9)
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    nominal = np.array(sorted(calibration.coverage))
+    empirical = np.array([calibration.coverage[lv] for lv in nominal])
+    grid = np.linspace(0.3, 1.0, 71)
+    se = np.sqrt(grid * (1 - grid) / calibration.rows)
+    ax.fill_between(grid, grid - 2 * se, grid + 2 * se, color="grey", alpha=0.2)
+    ax.plot(grid, grid, color="grey", linestyle=":")
+    ax.plot(nominal, empirical, "o-", color="C1")
+    ax.set_xlabel(f"nominal probability of the {calibration.region}")
+    ax.set_ylabel(f"fraction of the {calibration.rows} test rows inside")
+    ax.set_title("reliability (grey: ± 2 binomial SE)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
