@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data pipeline test test-fast lint bench clean
+.PHONY: setup data pipeline test test-fast lint bench ui clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ bench: setup
 	python benchmarks/inference.py
 	python benchmarks/replicates.py
 	python benchmarks/matrix_free.py --sizes 500 2000
+
+# The MLflow UI on the embedded store, after printing each experiment's runs-table URL.
+ui: setup
+	python -m mdnlab.ui
 
 clean:
 	rm -rf outputs multirun metrics plots data/synthetic data/real
