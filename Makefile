@@ -33,9 +33,10 @@ pipeline: data
 	dvc metrics show --precision 8
 
 # Tests run in TEST_JOBS pytest-xdist workers (one torch thread each; the slow end-to-end
-# tests are queued first, see tests/conftest.py). TEST_JOBS=0 runs them in this process.
+# tests are queued first, see tests/conftest.py, and handed out one at a time so that no
+# worker is sent a run of them). TEST_JOBS=0 runs them in this process.
 TEST_JOBS ?= 2
-PYTEST := python -m pytest -n $(TEST_JOBS) --dist worksteal
+PYTEST := python -m pytest -n $(TEST_JOBS) --dist load --maxschedchunk 1
 
 test: data
 	$(PYTEST)
