@@ -271,7 +271,6 @@ class Unit:
     n: int
     frame: pd.DataFrame
     warm_starts: list
-    seconds: float
 
 
 def fit_unit(setting: Setting, n: int, size: CoverageSize, seed: int, fit: FitSettings) -> Unit:
@@ -287,7 +286,7 @@ def fit_unit(setting: Setting, n: int, size: CoverageSize, seed: int, fit: FitSe
     rows = [row for f in fits for row in replicate_rows(setting, f, points_of(size), size, seed)]
     seconds = time.perf_counter() - started
     say(f"[{setting.name}] n = {n}: {len(fits)} replicates fitted and bootstrapped, {seconds:.0f}s")
-    return Unit(setting.name, n, pd.DataFrame(rows), [f.module for f in fits[:4]], seconds)
+    return Unit(setting.name, n, pd.DataFrame(rows), [f.module for f in fits[:4]])
 
 
 def points_of(size: CoverageSize) -> np.ndarray:
