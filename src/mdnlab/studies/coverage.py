@@ -78,6 +78,7 @@ class Setting:
     code: int
     relation: str  # "well specified" | "misspecified"
     target: str  # "truth" | "quadrature" | "enumeration" (see targets)
+    cost: float = 1.0  # seconds a replicate at n = 2000 (B = 30, R = 2), for scheduling only
 
 
 LATENT_CLASSES = (3, 2)
@@ -90,6 +91,7 @@ SETTINGS = (
         11,
         "well specified",
         "truth",
+        cost=20.0,
     ),
     Setting(
         "gaussian_mis",
@@ -99,6 +101,7 @@ SETTINGS = (
         12,
         "misspecified",
         "quadrature",
+        cost=18.0,
     ),
     Setting(
         "categorical_well",
@@ -108,6 +111,7 @@ SETTINGS = (
         13,
         "well specified",
         "truth",
+        cost=21.0,
     ),
     Setting(
         "categorical_mis",
@@ -117,6 +121,7 @@ SETTINGS = (
         14,
         "misspecified",
         "enumeration",
+        cost=5.0,
     ),
     Setting(
         "wishart_mis",
@@ -126,6 +131,7 @@ SETTINGS = (
         15,
         "misspecified",
         "truth",
+        cost=75.0,
     ),
 )
 
@@ -297,7 +303,10 @@ def points_of(size: CoverageSize) -> np.ndarray:
 def fit_units(size: CoverageSize, seed: int, fit: FitSettings) -> list[Unit]:
     """Every (setting, n), in ``size.jobs`` processes; the numbers do not depend on ``jobs``
     (each unit draws from its own seeds)."""
-    work = [(setting, n) for setting in SETTINGS for n in size.sizes]
+    work = sorted(
+        ((setting, n) for setting in SETTINGS for n in size.sizes),
+        key=lambda unit: -unit[0].cost * unit[1],  # longest first: the two processes end together
+    )
     if size.jobs == 1:
         return [fit_unit(setting, n, size, seed, fit) for setting, n in work]
     from joblib import Parallel, delayed
