@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from mdnlab import plots, run_figures, tracking
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
+from mdnlab.description import NOTE_TAG, describe_run
 from mdnlab.diagnostics.calibration import calibrate
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
 from mdnlab.diagnostics.labels import identified_flags
@@ -45,12 +46,15 @@ from mdnlab.estimation.objective import check_penalty
 from mdnlab.estimation.ordering import OrderingReport, order_members
 from mdnlab.estimation.selection import select_penalty
 from mdnlab.families import family_class
+from mdnlab.fitted.pyfunc import log_pyfunc
 from mdnlab.inference.functional import FlatModel
 from mdnlab.inference.step import InferenceResult, run_inference, run_inference_matrix_free
 from mdnlab.module import MDNModule
 from mdnlab.predictions import DEFAULT_POINTS, predictions_frame, read_points
-from mdnlab.progress import say, warn
+from mdnlab.progress import recorded_warnings, say, warn
 from mdnlab.sweep import active_sweep, experiment_name
+
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -63,7 +67,7 @@ class SplitTensors:
         def take(values, rows):
             return torch.as_tensor(values[rows], dtype=torch.float64)
 
-        parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+        parts = dict(zip(SPLITS, (splits.train, splits.val, splits.test), strict=True))
         return cls(
             x={k: take(table.x, rows) for k, rows in parts.items()},
             y={k: take(table.y, rows) for k, rows in parts.items()},
@@ -74,6 +78,11 @@ class SplitTensors:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    with recorded_warnings() as warnings:
+        return _run(cfg, warnings)
+
+
+def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
     started = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
 
@@ -106,12 +115,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     sweep = active_sweep()
     parent = sweep.parent_run(client, experiment_id) if sweep is not None else None
-    log = tracking.RunLog.start(client, experiment_id, run_name(cfg), run_tags(cfg, table), parent)
+    tags = run_tags(cfg, table)
+    log = tracking.RunLog.start(client, experiment_id, run_name(cfg), tags, parent)
     say(
         f"{label}MLflow run {log.run_id} in experiment {experiment_name(cfg)!r} ({client.tracking_uri})"
     )
     try:
         log.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        log.log_dataset(
+            str(cfg.data.name),
+            str(cfg.data.path),
+            tags["data_md5"],
+            {split: data.size(split) for split in SPLITS},
+            dvc_md5=tags.get("data_dvc_md5"),
+        )
         metrics, fit = train_and_evaluate(cfg, table, data, estimation, artifacts, label)
         module, history = fit.module, fit.history
         log.set_tags(
@@ -152,7 +169,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
         for name, values in {**history, **restart_curves(fit)}.items():
             log.log_curve(name, values)
         log.log_artifacts(artifacts)
+        if cfg.logger.get("log_model", True):
+            log_pyfunc(client.tracking_uri, log.run_id, artifacts, data.x["train"].numpy())
         write_dvc_outputs(cfg, metrics, history, artifacts)
+        log.set_tags(
+            {
+                NOTE_TAG: describe_run(
+                    cfg,
+                    metrics,
+                    n_weights(module),
+                    {split: data.size(split) for split in SPLITS},
+                    fit.best.converged if estimation.polish.enabled else None,
+                    estimation.polish.tol,
+                    [w.removeprefix(label) for w in warnings],
+                )
+            }
+        )
     except BaseException:
         log.finish("FAILED")
         raise
@@ -401,7 +433,7 @@ def train_and_evaluate(cfg, table, data: SplitTensors, estimation: Estimation, a
     fit = estimate(cfg, table, data, estimation, label)
     module, metrics = fit.module, fit.metrics
     with torch.no_grad():
-        for split in ("train", "val", "test"):
+        for split in SPLITS:
             if data.size(split):
                 value = float(module.nll(data.x[split], data.y[split]))
                 if not np.isfinite(value):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
+
+_recorders: list[list[str]] = []
 
 
 def quiet() -> bool:
@@ -37,5 +40,19 @@ class Ticker:
 
 
 def warn(message: str) -> None:
-    """A warning a person must see: printed even when ``CI`` is set."""
+    """A warning a person must see: printed even when ``CI`` is set (and kept by every
+    ``recorded_warnings`` block around the call)."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+    for record in _recorders:
+        record.append(message)
+
+
+@contextmanager
+def recorded_warnings():
+    """The messages ``warn`` prints inside the block, in order (a run's description lists them)."""
+    record: list[str] = []
+    _recorders.append(record)
+    try:
+        yield record
+    finally:
+        _recorders.remove(record)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -98,6 +99,21 @@ def _artifact_location(uri: str, experiment_name: str) -> str | None:
     return (db.parent / "mlartifacts" / slug).as_uri()
 
 
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the block, then put back. For the MLflow
+    calls that read it whatever client they are given: model logging, and the resolution of a
+    run's logged model when its artifacts are listed or downloaded."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
 class RunLog:
     """One MLflow run, written through a client; ``finish`` always ends it."""
 
@@ -143,6 +159,35 @@ class RunLog:
 
     def log_artifacts(self, local_dir: Path) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir))
+
+    def log_dataset(
+        self,
+        name: str,
+        source: str,
+        digest: str,
+        split_sizes: Mapping[str, int],
+        dvc_md5: str | None = None,
+    ) -> None:
+        """The run's dataset as an MLflow input (the UI's Dataset column): ``digest`` the data
+        file's md5 (tag ``data_md5``), the split sizes as its context and in its profile."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        profile = {
+            "rows": sum(split_sizes.values()),
+            **{f"{k}_rows": v for k, v in split_sizes.items()},
+        }
+        if dvc_md5:
+            profile["dvc_md5"] = dvc_md5
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": str(Path(source).resolve())}),
+            profile=json.dumps(profile),
+        )
+        context = " ".join(f"{k}={v}" for k, v in split_sizes.items())
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -92,7 +92,7 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from mdnlab.tracking import resolve_tracking_uri, sqlite_path
+    from mdnlab.tracking import global_tracking_uri, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri)
     db = sqlite_path(uri)
@@ -112,14 +112,19 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
         raise LoadError(f"MLflow run {run_id!r} in {uri}: {_first_line(err)}") from None
     checkpoint = checkpoint_artifact(subpath)
     folder = posixpath.dirname(checkpoint)
-    listed = {f.path for f in client.list_artifacts(run_id, folder or None)}
+    with global_tracking_uri(uri):  # a run with a logged model: MLflow resolves it globally
+        listed = {f.path for f in client.list_artifacts(run_id, folder or None)}
+        root = {f.path for f in client.list_artifacts(run_id)}
     if checkpoint not in listed:
         raise LoadError(
             f"MLflow run {run_id} has no artifact {checkpoint}: not an mdnlab run (or its model "
             "was not logged)"
         )
-    root = {f.path for f in client.list_artifacts(run_id)}
-    with tempfile.TemporaryDirectory(prefix="mdnlab-load-") as tmp, _no_progress_bar():
+    with (
+        tempfile.TemporaryDirectory(prefix="mdnlab-load-") as tmp,
+        _no_progress_bar(),
+        global_tracking_uri(uri),
+    ):
         # Each artifact lands under its own name in tmp: model.ckpt, config.yaml, data/.
         local = [
             download_artifacts(run_id=run_id, artifact_path=a, dst_path=tmp, tracking_uri=uri)

@@ -1,0 +1,233 @@
+"""What a training run leaves in MLflow for a user: the pyfunc model (loaded in-process and
+served over HTTP by ``mlflow models serve``), the dataset input and the run description.
+
+References: the ``FittedModel`` of the same run, loaded by ``mdnlab.load`` (itself tested
+against scipy in tests/test_fitted.py); the training rows' own encoding; the CSV the run read
+(its md5 by hashlib, its row count by pandas).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, TINY
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+import mdnlab
+from mdnlab.fitted.pyfunc import wide_predictions
+from mdnlab.pipeline import run
+
+
+def train(tmp_path: Path, csv: Path, x_cols: str, y_cols: str, *overrides) -> tuple[str, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "data=file",
+                f"data.path={csv}",
+                f"data.x_cols={x_cols}",
+                f"data.y_cols={y_cols}",
+                f"logger.tracking_uri={uri}",
+                *TINY,
+                *overrides,
+            ],
+        )
+    run(cfg)
+    client = MlflowClient(uri)
+    (run_,) = client.search_runs([client.get_experiment_by_name("file").experiment_id])
+    return uri, run_.info.run_id
+
+
+@pytest.fixture
+def gaussian_run(tmp_path, tiny_csv):
+    return train(tmp_path, tiny_csv, "[x]", "[y]")
+
+
+@pytest.fixture
+def pyfunc_model(gaussian_run):
+    uri, run_id = gaussian_run
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+X = pd.DataFrame({"x": [-0.9, -0.2, 0.0, 0.4, 0.95]})
+
+
+def test_pyfunc_round_trip_equals_the_loaded_model(gaussian_run, pyfunc_model):
+    uri, run_id = gaussian_run
+    fitted = mdnlab.load(run_id, tracking_uri=uri)
+    signature = pyfunc_model.metadata.signature
+    assert signature.inputs.input_names() == ["x"]
+    assert signature.params.to_dict()[0]["default"] == "mean,sd,quantiles"
+
+    served = pyfunc_model.predict(X)  # the defaults of a scalar-y Gaussian
+    long = fitted.predict(X, what="mean,sd,quantiles", quantiles=[0.05, 0.5, 0.95])
+    expected = long.pivot(index="row", columns="quantity", values="value")
+    assert list(served.columns) == list(dict.fromkeys(long.quantity))
+    np.testing.assert_allclose(served[expected.columns].to_numpy(), expected.to_numpy(), rtol=1e-12)
+
+    asked = pyfunc_model.predict(X, params={"what": "quantiles", "quantiles": [0.1, 0.9]})
+    np.testing.assert_allclose(asked.to_numpy(), fitted.quantile(X, [0.1, 0.9]), rtol=1e-12)
+
+
+def test_pyfunc_categorical_with_text_inputs(tmp_path):
+    """A class-coded target and a text x column: the input example is raw training rows (text
+    levels, not indicators), and the served probabilities are the model's, summing to 1."""
+    rng = np.random.default_rng(3)
+    n = 150
+    group = rng.choice(["north", "south", "west"], n)
+    x = rng.uniform(-1, 1, n)
+    logit = 1.5 * x + (group == "south") - 0.5 * (group == "west")
+    y = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(-logit)), "leave", "stay")
+    csv = tmp_path / "vote.csv"
+    pd.DataFrame({"x": x, "group": group, "vote": y}).to_csv(csv, index=False)
+    uri, run_id = train(tmp_path, csv, "[x,group]", "[vote]", "model=categorical")
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        model_uri = f"runs:/{run_id}/model"
+        local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "dl"))
+        example = mlflow.models.Model.load(local).load_input_example(local)
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    fitted = mdnlab.load(run_id, tracking_uri=uri)
+    assert set(example.group) <= {"north", "south", "west"}
+    # The example decodes to training rows: each is a row of the CSV the run read.
+    rows = pd.read_csv(csv)
+    for _, r in example.iterrows():
+        match = rows[(rows.group == r.group) & np.isclose(rows.x, r.x, rtol=0, atol=1e-12)]
+        assert len(match) == 1
+
+    query = pd.DataFrame({"x": [-0.5, 0.0, 0.5], "group": ["west", "north", "south"]})
+    served = pyfunc.predict(query)
+    probabilities = fitted.class_probabilities(query)["vote"]
+    np.testing.assert_allclose(served.to_numpy(), probabilities.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-12)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_served_model_answers_over_http(gaussian_run, tmp_path):
+    uri, run_id = gaussian_run
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = uri
+    mlflow_cli = [sys.executable, "-m", "mlflow"]
+    server = subprocess.Popen(
+        [*mlflow_cli, "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "w"),
+        start_new_session=True,  # its workers share its process group: stopped together
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the server did not answer /ping in 180 s"
+                time.sleep(0.5)
+        body = {
+            "dataframe_split": {"columns": ["x"], "data": X.to_numpy().tolist()},
+            "params": {"what": "mean,quantiles", "quantiles": [0.05, 0.5, 0.95]},
+        }
+        status, answer = post(port, body)
+        assert status == 200, answer
+        fitted = mdnlab.load(run_id, tracking_uri=uri)
+        expected = wide_predictions(fitted, X, "mean,quantiles", [0.05, 0.5, 0.95])
+        got = pd.DataFrame(answer["predictions"])[expected.columns]
+        np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-12)
+
+        status, answer = post(port, {"dataframe_split": {"columns": ["z"], "data": [[0.0]]}})
+        assert status == 400 and "missing inputs ['x']" in answer["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 30  # its worker finishes a graceful shutdown on its own
+    while time.monotonic() < deadline and group_alive(server.pid):
+        time.sleep(0.2)
+    assert not group_alive(server.pid)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_run_lists_its_dataset_and_describes_itself(tmp_path, tiny_csv):
+    # 40 hidden units on 84 training rows: more weights than rows, a warning the note repeats.
+    uri, run_id = train(tmp_path, tiny_csv, "[x]", "[y]", "model.hidden_sizes=[40]")
+    run_ = MlflowClient(uri).get_run(run_id)
+    (entry,) = run_.inputs.dataset_inputs
+    dataset = entry.dataset
+    assert dataset.name == "file"
+    assert dataset.digest == hashlib.md5(tiny_csv.read_bytes()).hexdigest()
+    assert json.loads(dataset.source)["uri"] == str(tiny_csv.resolve())
+    rows = len(pd.read_csv(tiny_csv))
+    profile = json.loads(dataset.profile)
+    assert (
+        profile["rows"]
+        == rows
+        == profile["train_rows"] + profile["val_rows"] + profile["test_rows"]
+    )
+    (context,) = [t.value for t in entry.tags if t.key == "mlflow.data.context"]
+    assert (
+        context
+        == f"train={profile['train_rows']} val={profile['val_rows']} test={profile['test_rows']}"
+    )
+
+    note = run_.data.tags["mlflow.note.content"]
+    metrics = run_.data.metrics
+    assert "Gaussian MDN, K = 2, hidden [40] (tanh)" in note
+    assert f"test NLL {metrics['test/nll']:.4f}" in note
+    assert f"ridge penalty {metrics['train/penalty']:g}" in note
+    assert "training rows for" in note and "weights" in note  # the warning, without its label
+    assert "[file-gaussian" not in note
+    assert ("NOT converged" in note) == (metrics["train/grad_norm"] > 1e-6)
