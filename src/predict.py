@@ -19,6 +19,10 @@ Keys (key=value; run, input and output are required):
   seed                with what=samples: the draws' seed (default 0: the same draws each time)
   temperature         with what=samples: scales each component's spread (default 1)
   weight_temperature  with what=samples: flattens (> 1) or sharpens (< 1) the mixing weights
+  se                  true: add the delta-method SEs se_hessian[<quantity>] and
+                      se_sandwich[<quantity>] where the inference step has them (mean,
+                      variance, probabilities, weights), recomputed from the run's training
+                      data, which must still be at its data.path (default false)
   tracking_uri        the MLflow store of a run id (default MLFLOW_TRACKING_URI, else
                       sqlite:///mlflow.db)
 
@@ -46,8 +50,10 @@ KEYS = (
     "seed",
     "temperature",
     "weight_temperature",
+    "se",
     "tracking_uri",
 )
+SE_COLUMNS = ("se_hessian", "se_sandwich")
 REQUIRED = ("run", "input", "output")
 SUFFIXES = (".csv", ".npz")
 QUANTITIES = ("mean", "sd", "variance", "quantiles", "probabilities", "weights", "modes")
@@ -73,6 +79,7 @@ class Request:
     seed: int = 0
     temperature: float = 1.0
     weight_temperature: float | None = None
+    se: bool = False
     tracking_uri: str | None = None
 
     @property
@@ -120,6 +127,8 @@ def parse_args(argv: list[str]) -> Request:
         request.weight_temperature = parse_positive(
             given["weight_temperature"], "weight_temperature"
         )
+    if "se" in given:
+        request.se = parse_bool(given["se"], "se")
     request.tracking_uri = given.get("tracking_uri") or None
     for key in ("input", "output"):
         path = getattr(request, key)
@@ -159,6 +168,13 @@ def parse_quantiles(text: str) -> list[float]:
             f"quantiles={text}: expected probabilities in [0, 1], e.g. quantiles=[0.05,0.5,0.95]"
         )
     return values
+
+
+def parse_bool(text: str, key: str) -> bool:
+    value = text.lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"{key}={text!r}; expected true or false")
+    return value == "true"
 
 
 def parse_int(text: str, key: str, minimum: int) -> int:
@@ -286,14 +302,19 @@ def predict_columns(model, x, request: Request) -> dict:
     import pandas as pd
 
     n = x.shape[0]
+    names = [name for name in request.what if name != "samples"]
+    if not names:
+        return {}
+    long = model.predict(x, what=names, quantiles=request.quantiles, se=request.se)
+    values = ["value", *SE_COLUMNS] if request.se else ["value"]
+    wide = long.pivot(index="row", columns="quantity", values=values).reindex(range(n))
     columns: dict[str, np.ndarray] = {}
-    for name in request.what:
-        if name == "samples":
-            continue
-        long = model.predict(x, what=[name], quantiles=request.quantiles)
-        wide = long.pivot(index="row", columns="quantity", values="value").reindex(range(n))
-        for quantity in pd.unique(long["quantity"]):
-            columns.setdefault(quantity, wide[quantity].to_numpy(dtype=np.float64))
+    for quantity in pd.unique(long["quantity"]):
+        columns[quantity] = wide["value", quantity].to_numpy(dtype=np.float64)
+        for se in values[1:]:
+            column = wide[se, quantity].to_numpy(dtype=np.float64)
+            if not np.isnan(column).all():  # quantiles and modes have no delta-method SE
+                columns[f"{se}[{quantity}]"] = column
     return columns
 
 

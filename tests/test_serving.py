@@ -231,3 +231,56 @@ def test_the_run_lists_its_dataset_and_describes_itself(tmp_path, tiny_csv):
     assert "training rows for" in note and "weights" in note  # the warning, without its label
     assert "[file-gaussian" not in note
     assert ("NOT converged" in note) == (metrics["train/grad_norm"] > 1e-6)
+
+
+def test_predict_se_recomputes_the_runs_own_standard_errors(gaussian_run, tmp_path, tiny_csv):
+    """At the run's inference points (its first test rows), ``predict(se=True)`` rebuilds the
+    training split from the data file and gives the SEs the run logged at training time."""
+    from omegaconf import OmegaConf
+
+    from mdnlab.errors import FittedModelError
+    from mdnlab.pipeline import SplitTensors, load_data
+
+    uri, run_id = gaussian_run
+    fitted = mdnlab.load(run_id, tracking_uri=uri)
+    assert fitted.penalty == 3.0
+    cfg = OmegaConf.create(fitted.config)
+    points = SplitTensors.from_table(*load_data(cfg)).x["test"].numpy()[:, 0]
+    logged_csv = MlflowClient(uri).download_artifacts(
+        run_id, "inference/predictions.csv", str(tmp_path)
+    )
+    logged = pd.read_csv(logged_csv).rename(columns={"point": "row"})
+    got = fitted.predict(
+        pd.DataFrame({"x": points}), what="mean,variance,weights,quantiles", se=True
+    )
+    both = got.merge(logged, on=["row", "quantity"], suffixes=("", "_logged"))
+    assert set(both.quantity) == {"mean[0]", "cov[0,0]", "weight[0]", "weight[1]"}
+    assert len(both) == 4 * len(points)
+    np.testing.assert_allclose(both.value, both.estimate, rtol=1e-10)
+    for column in ("se_hessian", "se_sandwich"):
+        np.testing.assert_allclose(both[column], both[f"{column}_logged"], rtol=1e-8)
+    assert got[got.quantity.str.startswith("quantile")].se_hessian.isna().all()
+
+    tiny_csv.rename(tmp_path / "moved.csv")
+    with pytest.raises(FittedModelError, match=r"training data .*tiny\.csv could not be read"):
+        fitted.predict(pd.DataFrame({"x": [0.0]}), se=True)
+
+
+def test_predict_cli_se_columns(gaussian_run, tmp_path, capsys):
+    from test_predict_cli import predict
+
+    uri, run_id = gaussian_run
+    x = pd.DataFrame({"x": [-0.5, 0.0, 0.7]})
+    x.to_csv(tmp_path / "x.csv", index=False)
+    args = [f"run={run_id}", f"tracking_uri={uri}", f"input={tmp_path / 'x.csv'}"]
+    code = predict.main([*args, f"output={tmp_path / 'p.csv'}", "what=mean,quantiles", "se=true"])
+    assert code == 0, capsys.readouterr().err
+    out = pd.read_csv(tmp_path / "p.csv")
+    expected = mdnlab.load(run_id, tracking_uri=uri).predict(x, what="mean", se=True)
+    np.testing.assert_allclose(out["se_hessian[mean[0]]"], expected.se_hessian, rtol=1e-12)
+    np.testing.assert_allclose(out["se_sandwich[mean[0]]"], expected.se_sandwich, rtol=1e-12)
+    assert not [c for c in out.columns if c.startswith("se_") and "quantile" in c]
+
+    assert predict.main([*args, f"output={tmp_path / 'q.csv'}", "se=yes"]) == 2
+    assert "se='yes'; expected true or false" in capsys.readouterr().err
+    assert not (tmp_path / "q.csv").exists()

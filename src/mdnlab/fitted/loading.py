@@ -63,7 +63,8 @@ def load_path(path: Path) -> FittedModel:
         None,
     )
     schema, config = read_schema(root, module) if root is not None else (Schema(), None)
-    return FittedModel(module, schema, config, source=str(checkpoint))
+    penalty = fitted_penalty(root, config) if root is not None else None
+    return FittedModel(module, schema, config, source=str(checkpoint), penalty=penalty)
 
 
 def read_checkpoint(path: Path):
@@ -128,14 +129,37 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
         # Each artifact lands under its own name in tmp: model.ckpt, config.yaml, data/.
         local = [
             download_artifacts(run_id=run_id, artifact_path=a, dst_path=tmp, tracking_uri=uri)
-            for a in [checkpoint] + [a for a in ("config.yaml", "data") if a in root]
+            for a in [checkpoint]
+            + [a for a in ("config.yaml", "metrics.json", "data") if a in root]
         ]
         module = read_checkpoint(Path(local[0]))
         has_config = (Path(tmp) / "config.yaml").is_file()
         schema, config = read_schema(Path(tmp), module) if has_config else (Schema(), None)
+        penalty = fitted_penalty(Path(tmp), config) if has_config else None
     return FittedModel(
-        module, schema, config, source=f"{RUNS_URI}{run_id}/{checkpoint}", run_id=run_id
+        module,
+        schema,
+        config,
+        source=f"{RUNS_URI}{run_id}/{checkpoint}",
+        run_id=run_id,
+        penalty=penalty,
     )
+
+
+def fitted_penalty(folder: Path, config: dict | None) -> float | None:
+    """The lambda the run's estimate minimised: ``train/penalty`` in its metrics.json (which
+    ``train.penalty_select=evidence`` may have moved from the configured one), else
+    ``train.penalty`` in its config."""
+    import json
+
+    path = folder / "metrics.json"
+    if path.is_file():
+        try:
+            return float(json.loads(path.read_text())["train/penalty"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    train = (config or {}).get("train") or {}
+    return float(train["penalty"]) if "penalty" in train else None
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from mdnlab.families.gaussian import component_covariance, mixture_mean_and_cova
 from mdnlab.fitted import scalar
 from mdnlab.fitted.distributions import FittedModelError, original_units, wishart_moments
 from mdnlab.fitted.schema import Schema, encode_x, encode_y
+from mdnlab.fitted.standard_errors import delta_method_ses
 from mdnlab.sampling import seeded_sample
 
 PREDICTABLE = ("mean", "sd", "variance", "quantiles", "probabilities", "weights", "modes")
@@ -34,12 +35,14 @@ class FittedModel:
         config: dict | None = None,
         source: str | None = None,
         run_id: str | None = None,
+        penalty: float | None = None,
     ):
         self.module = module.eval()
         self.schema = schema or Schema()
         self.config = config
         self.source = source
         self.run_id = run_id
+        self.penalty = penalty  # the training objective's lambda (None: unknown)
 
     def __repr__(self) -> str:
         f = self.family
@@ -250,9 +253,12 @@ class FittedModel:
         x,
         what: str | Sequence[str] = ("mean",),
         quantiles: Sequence[float] = (0.05, 0.5, 0.95),
+        se: bool = False,
     ) -> pd.DataFrame:
         """A long table: one row per (row of x, quantity), columns ``row`` (0-based position in
-        x), ``quantity`` and ``value``. Quantities are named as in ``inference/predictions.csv``
+        x), ``quantity`` and ``value``; with ``se``, also ``se_hessian`` and ``se_sandwich``,
+        the delta-method SEs from the stored fit (``standard_errors``; NaN for quantities the
+        inference step has none for, such as quantiles and modes). Quantities are named as in ``inference/predictions.csv``
         (0-based positions in ``data.y_cols`` or in the matrix; components in the canonical
         order): ``mean`` gives mean[j] (Wishart mean[i,j], i >= j; categorical prob[d,c]),
         ``sd`` sd[j] (Wishart sd[i,j]), ``variance`` cov[i,j] (Wishart var[i,j]),
@@ -282,7 +288,10 @@ class FittedModel:
         )
         # Rows of x in order, each with its quantities in the order asked; NaN: absent modes.
         frame = frame.dropna(subset=["value"]).sort_values("row", kind="stable")
-        return frame.reset_index(drop=True)
+        frame = frame.reset_index(drop=True)
+        if se:
+            frame = frame.merge(delta_method_ses(self, inputs), on=["row", "quantity"], how="left")
+        return frame
 
     def _predict_one(self, name: str, x, quantiles) -> dict[str, np.ndarray]:
         family = self.family.name
