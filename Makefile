@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data pipeline test test-fast lint bench ui clean
+.PHONY: setup data pipeline test test-fast lint bench ui ui-check clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,12 @@ bench: setup
 # The MLflow UI on the embedded store, after printing each experiment's runs-table URL.
 ui: setup
 	python -m mdnlab.ui
+
+# Headless Chromium (apt-get install -y chromium) on the runs table that `make ui` links to:
+# a screenshot of the mcycle experiment's runs and metrics.
+UI_CHECK_PNG ?= docs/figures/mlflow_runs_table.png
+ui-check: setup
+	python -m mdnlab.browser --screenshot $(UI_CHECK_PNG)
 
 clean:
 	rm -rf outputs multirun metrics plots data/synthetic data/real
