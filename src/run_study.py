@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mdnlab.errors import MdnlabError
+    from mdnlab.interrupts import Interrupted, signals_as_interrupted
     from mdnlab.studies.runner import run_study
 
     try:
@@ -49,17 +50,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         started = time.perf_counter()
-        metrics = run_study(
-            args.study,
-            params,
-            args.size,
-            args.out,
-            None if args.no_mlflow else args.tracking_uri,
-            mlflow=not args.no_mlflow,
-        )
+        with signals_as_interrupted():
+            metrics = run_study(
+                args.study,
+                params,
+                args.size,
+                args.out,
+                None if args.no_mlflow else args.tracking_uri,
+                mlflow=not args.no_mlflow,
+            )
     except MdnlabError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Interrupted as interrupt:
+        print(f"interrupted by {interrupt}: the study run is marked KILLED", file=sys.stderr)
+        return interrupt.exit_code
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     # the wall time varies run to run: MLflow keeps it, the DVC metrics file does not
     stable = {k: v for k, v in metrics.items() if k != "seconds"}

@@ -13,13 +13,18 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     from mdnlab.errors import MdnlabError
+    from mdnlab.interrupts import Interrupted, signals_as_interrupted
     from mdnlab.pipeline import run
 
     try:
-        metrics = run(cfg)
+        with signals_as_interrupted():
+            metrics = run(cfg)
     except MdnlabError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except Interrupted as interrupt:
+        print(f"interrupted by {interrupt}: the run is marked KILLED", file=sys.stderr)
+        raise SystemExit(interrupt.exit_code) from None
     return metrics.get("val/nll", metrics["train/nll"])
 
 

@@ -149,6 +149,8 @@ def test_the_served_model_answers_over_http(gaussian_run, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = uri
+    # The server execs `uvicorn` by name: the one beside this interpreter, venv activated or not.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     mlflow_cli = [sys.executable, "-m", "mlflow"]
     server = subprocess.Popen(
         [*mlflow_cli, "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local"]
@@ -183,7 +185,8 @@ def test_the_served_model_answers_over_http(gaussian_run, tmp_path):
         status, answer = post(port, {"dataframe_split": {"columns": ["z"], "data": [[0.0]]}})
         assert status == 400 and "missing inputs ['x']" in answer["message"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        if group_alive(server.pid):
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     deadline = time.monotonic() + 30  # its worker finishes a graceful shutdown on its own
     while time.monotonic() < deadline and group_alive(server.pid):

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
 from mdnlab import plots, run_figures, tracking
+from mdnlab.config_checks import check_run_config
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
 from mdnlab.description import NOTE_TAG, describe_run
@@ -49,6 +50,7 @@ from mdnlab.families import family_class
 from mdnlab.fitted.pyfunc import log_pyfunc
 from mdnlab.inference.functional import FlatModel
 from mdnlab.inference.step import InferenceResult, run_inference, run_inference_matrix_free
+from mdnlab.interrupts import stopped_by_user
 from mdnlab.module import MDNModule
 from mdnlab.predictions import DEFAULT_POINTS, predictions_frame, read_points
 from mdnlab.progress import recorded_warnings, say, warn
@@ -84,6 +86,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
     started = time.perf_counter()
+    check_run_config(cfg)
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
 
     estimation = Estimation.from_config(cfg)
@@ -185,8 +188,8 @@ def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
                 )
             }
         )
-    except BaseException:
-        log.finish("FAILED")
+    except BaseException as err:
+        log.finish("KILLED" if stopped_by_user(err) else "FAILED")
         raise
     log.finish("FINISHED")
     summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
@@ -306,6 +309,7 @@ def run_tags(cfg: DictConfig, table: Table) -> dict[str, str]:
         "family": str(cfg.model.family),
         "dataset": str(cfg.data.name),
         "mlflow.source.name": "src/train.py",
+        **tracking.process_tags(),
     }
     if tags["git_commit"] != "unknown":
         tags["mlflow.source.git.commit"] = tags["git_commit"]

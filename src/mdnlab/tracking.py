@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -114,6 +115,20 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before)
 
 
+@contextmanager
+def no_artifact_progress_bars() -> Iterator[None]:
+    """MLflow's download progress bars, unless the user asked for them, are noise here."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 class RunLog:
     """One MLflow run, written through a client; ``finish`` always ends it."""
 
@@ -208,6 +223,14 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = value
     return flat
+
+
+PROCESS_TAGS = ("mdnlab.host", "mdnlab.pid")
+
+
+def process_tags() -> dict[str, str]:
+    """Which process a run lives in: what ``python -m mdnlab.doctor`` checks a RUNNING run by."""
+    return {"mdnlab.host": socket.gethostname(), "mdnlab.pid": str(os.getpid())}
 
 
 def git_commit(cwd: Path | None = None) -> str:

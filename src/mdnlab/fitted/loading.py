@@ -6,7 +6,6 @@ import os
 import posixpath
 import re
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -93,7 +92,12 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from mdnlab.tracking import global_tracking_uri, resolve_tracking_uri, sqlite_path
+    from mdnlab.tracking import (
+        global_tracking_uri,
+        no_artifact_progress_bars,
+        resolve_tracking_uri,
+        sqlite_path,
+    )
 
     uri = resolve_tracking_uri(tracking_uri)
     db = sqlite_path(uri)
@@ -123,7 +127,7 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
         )
     with (
         tempfile.TemporaryDirectory(prefix="mdnlab-load-") as tmp,
-        _no_progress_bar(),
+        no_artifact_progress_bars(),
         global_tracking_uri(uri),
     ):
         # Each artifact lands under its own name in tmp: model.ckpt, config.yaml, data/.
@@ -160,20 +164,6 @@ def fitted_penalty(folder: Path, config: dict | None) -> float | None:
             pass
     train = (config or {}).get("train") or {}
     return float(train["penalty"]) if "penalty" in train else None
-
-
-@contextmanager
-def _no_progress_bar():
-    """MLflow's download progress bars, unless the user asked for them, are noise here."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    if key in os.environ:
-        yield
-        return
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        os.environ.pop(key, None)
 
 
 def checkpoint_artifact(subpath: str) -> str:

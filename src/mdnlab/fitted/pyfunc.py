@@ -26,7 +26,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from mdnlab.tracking import global_tracking_uri
+from mdnlab.tracking import global_tracking_uri, no_artifact_progress_bars
 
 MODEL_NAME = "model"  # runs:/<id>/model
 RUN_ARTIFACT = "run"
@@ -145,7 +145,12 @@ def _model_logging(uri: str):
     loggers = [logging.getLogger(name) for name in ("mlflow.pyfunc", "mlflow.models")]
     levels = [logger.level for logger in loggers]
     try:
-        with global_tracking_uri(uri), warnings.catch_warnings(), _no_requirement_check():
+        with (
+            global_tracking_uri(uri),
+            no_artifact_progress_bars(),
+            warnings.catch_warnings(),
+            _no_requirement_check(),
+        ):
             warnings.simplefilter("ignore", UserWarning)
             for logger in loggers:
                 logger.setLevel(logging.ERROR)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mdnlab import tracking
+from mdnlab.interrupts import stopped_by_user
 
 ROLE_TAG = "mdnlab.role"
 STUDY_TAG = "mdnlab.study"
@@ -59,4 +60,4 @@ class StudyLog:
     def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
             return
-        self.parent.finish("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+        self.parent.finish("KILLED" if stopped_by_user(value) else "FAILED")

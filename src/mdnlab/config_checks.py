@@ -1,0 +1,96 @@
+"""Checks of a run's config that need no data, made before anything is read or logged: a bad
+value stops the run with one line naming the key, the value and what was expected (exit 2,
+no MLflow run). Checks that need the data (columns, fractions, shapes) live where the data
+are read."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from urllib.parse import urlsplit
+
+from mdnlab.errors import ConfigError
+
+# URI scheme -> (the module its store needs, the extra that installs it); None: no driver.
+TRACKING_SCHEMES = {
+    "sqlite": None,
+    "file": None,
+    "": None,  # a local folder (MLflow's file store)
+    "http": None,
+    "https": None,
+    "postgresql": ("psycopg", "server"),
+    "postgresql+psycopg": ("psycopg", "server"),
+    "postgresql+psycopg2": ("psycopg2", "server"),
+}
+
+
+def check_run_config(cfg) -> None:
+    seed_of(cfg.seed)
+    t = cfg.trainer
+    positive_number("trainer.lr", t.lr)
+    whole_number("trainer.max_epochs", t.max_epochs, minimum=1)
+    whole_number("trainer.patience", t.patience, minimum=1)
+    nonnegative_number("trainer.weight_decay", t.get("weight_decay", 0.0))
+    nonnegative_number("trainer.min_delta", t.get("min_delta", 0.0))
+    if t.get("batch_size") is not None:
+        whole_number("trainer.batch_size", t.batch_size, minimum=1)
+    check_tracking_uri(cfg.logger.get("tracking_uri"))
+
+
+def seed_of(value) -> int:
+    """``seed`` as numpy and torch take it: an integer in [0, 2**32)."""
+    return whole_number("seed", value, minimum=0, maximum=2**32 - 1)
+
+
+def whole_number(key: str, value, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{key}={value}: expected an integer {bound}")
+    return value
+
+
+def _number(key: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r}: expected a finite number")
+    return float(value)
+
+
+def positive_number(key: str, value) -> float:
+    number = _number(key, value)
+    if number <= 0:
+        raise ConfigError(f"{key}={value}: expected a number > 0")
+    return number
+
+
+def nonnegative_number(key: str, value) -> float:
+    number = _number(key, value)
+    if number < 0:
+        raise ConfigError(f"{key}={value}: expected a number >= 0")
+    return number
+
+
+def check_tracking_uri(uri) -> None:
+    """A scheme MLflow can store runs under, with its driver installed."""
+    if uri is None:
+        return
+    scheme = urlsplit(str(uri)).scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter: a local path
+        return
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"logger.tracking_uri={uri!r}: unsupported scheme {scheme!r}; expected "
+            "sqlite:///<file>, http(s)://<mlflow server>, postgresql://<user>@<host>/<db> or a "
+            "local folder"
+        )
+    needs = TRACKING_SCHEMES[scheme]
+    if needs and importlib.util.find_spec(needs[0]) is None:
+        module, extra = needs
+        raise ConfigError(
+            f"logger.tracking_uri={uri!r}: a {scheme} store needs the {module} driver, which is "
+            f"not installed: pip install -e '.[{extra}]'"
+        )
