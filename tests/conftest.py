@@ -48,12 +48,16 @@ def _one_thread():
 
 @pytest.fixture
 def tiny_csv(tmp_path: Path) -> Path:
+    return write_tiny_csv(tmp_path)
+
+
+def write_tiny_csv(folder: Path) -> Path:
     """120 rows of a two-branch conditional law: y = +-(1 + x) + noise."""
     rng = np.random.default_rng(7)
     x = rng.uniform(-1, 1, 120)
     branch = rng.choice([-1.0, 1.0], 120)
     y = branch * (1 + x) + 0.2 * rng.standard_normal(120)
-    path = tmp_path / "tiny.csv"
+    path = folder / "tiny.csv"
     pd.DataFrame({"x": x, "y": y}).to_csv(path, index=False)
     return path
 

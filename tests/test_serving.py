@@ -24,13 +24,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, TINY, write_tiny_csv
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 import mdnlab
 from mdnlab.fitted.pyfunc import wide_predictions
 from mdnlab.pipeline import run
+from mdnlab.tracking import sqlite_path
 
 
 def train(tmp_path: Path, csv: Path, x_cols: str, y_cols: str, *overrides) -> tuple[str, str]:
@@ -54,9 +55,15 @@ def train(tmp_path: Path, csv: Path, x_cols: str, y_cols: str, *overrides) -> tu
     return uri, run_.info.run_id
 
 
-@pytest.fixture
-def gaussian_run(tmp_path, tiny_csv):
-    return train(tmp_path, tiny_csv, "[x]", "[y]")
+@pytest.fixture(scope="module")
+def gaussian_run(tmp_path_factory):
+    """One run shared by the tests that only read it (its data file: ``trained_on``)."""
+    folder = tmp_path_factory.mktemp("gaussian_run")
+    return train(folder, write_tiny_csv(folder), "[x]", "[y]")
+
+
+def trained_on(gaussian_run) -> Path:
+    return sqlite_path(gaussian_run[0]).parent / "tiny.csv"
 
 
 @pytest.fixture
@@ -236,7 +243,7 @@ def test_the_run_lists_its_dataset_and_describes_itself(tmp_path, tiny_csv):
     assert ("NOT converged" in note) == (metrics["train/grad_norm"] > 1e-6)
 
 
-def test_predict_se_recomputes_the_runs_own_standard_errors(gaussian_run, tmp_path, tiny_csv):
+def test_predict_se_recomputes_the_runs_own_standard_errors(gaussian_run, tmp_path):
     """At the run's inference points (its first test rows), ``predict(se=True)`` rebuilds the
     training split from the data file and gives the SEs the run logged at training time."""
     from omegaconf import OmegaConf
@@ -264,9 +271,13 @@ def test_predict_se_recomputes_the_runs_own_standard_errors(gaussian_run, tmp_pa
         np.testing.assert_allclose(both[column], both[f"{column}_logged"], rtol=1e-8)
     assert got[got.quantity.str.startswith("quantile")].se_hessian.isna().all()
 
-    tiny_csv.rename(tmp_path / "moved.csv")
-    with pytest.raises(FittedModelError, match=r"training data .*tiny\.csv could not be read"):
-        fitted.predict(pd.DataFrame({"x": [0.0]}), se=True)
+    data = trained_on(gaussian_run)
+    data.rename(tmp_path / "moved.csv")
+    try:
+        with pytest.raises(FittedModelError, match=r"training data .*tiny\.csv could not be read"):
+            fitted.predict(pd.DataFrame({"x": [0.0]}), se=True)
+    finally:
+        (tmp_path / "moved.csv").rename(data)
 
 
 def test_predict_cli_se_columns(gaussian_run, tmp_path, capsys):
