@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import REPO, cli_env
 from mlflow.tracking import MlflowClient
 
@@ -51,6 +52,7 @@ def wait_for_running_run(tmp_path, process, timeout: float = 120.0):
     raise AssertionError("no RUNNING run appeared")
 
 
+@pytest.mark.slow
 def test_sigterm_during_training_ends_the_run_killed(tmp_path, tiny_csv):
     process = start_long_training(tmp_path, tiny_csv)
     try:
@@ -66,6 +68,7 @@ def test_sigterm_during_training_ends_the_run_killed(tmp_path, tiny_csv):
     assert client.get_run(run_id).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_the_doctor_finds_and_ends_a_run_sigkill_left_running(tmp_path, tiny_csv, capsys):
     process = start_long_training(tmp_path, tiny_csv)
     try:

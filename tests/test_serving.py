@@ -151,6 +151,7 @@ def post(port: int, body: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
+@pytest.mark.slow
 def test_the_served_model_answers_over_http(gaussian_run, tmp_path):
     uri, run_id = gaussian_run
     port = free_port()
