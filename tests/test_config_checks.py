@@ -4,28 +4,12 @@ naming the key, the value and what was expected; no MLflow store or run is creat
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, TINY, run_cli
-from hydra import compose, initialize_config_dir
+from conftest import run_cli
+from test_pipeline_run import config
 
 from mdnlab import config_checks
 from mdnlab.errors import ConfigError
 from mdnlab.pipeline import run
-
-
-def config(tmp_path, csv, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "data=file",
-                f"data.path={csv}",
-                "data.x_cols=[x]",
-                "data.y_cols=[y]",
-                f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                *TINY,
-                *overrides,
-            ],
-        )
 
 
 @pytest.mark.parametrize(

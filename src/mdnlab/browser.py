@@ -167,14 +167,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from mdnlab.tracking import resolve_tracking_uri, sqlite_path
+    from mdnlab.tracking import missing_store, resolve_tracking_uri
     from mdnlab.ui import metrics_runs_table_url
 
     args = parse_args(argv)
     uri = resolve_tracking_uri(args.tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        print(f"error: no MLflow store at {db}: run `make pipeline` first", file=sys.stderr)
+    if error := missing_store(uri):
+        print(error, file=sys.stderr)
         return 2
     try:
         chromium_binary()

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from mdnlab.tracking import resolve_tracking_uri, sqlite_path
+from mdnlab.tracking import missing_store, resolve_tracking_uri
 
 MS_PER_HOUR = 3_600_000
 
@@ -97,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     uri = resolve_tracking_uri(args.tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        print(f"error: no MLflow store at {db}", file=sys.stderr)
+    if error := missing_store(uri):
+        print(error, file=sys.stderr)
         return 2
     stale = find_stale_runs(uri, args.older_than)
     for run in stale:

@@ -52,6 +52,15 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(SQLITE_PREFIX) :]).expanduser().resolve()
 
 
+def missing_store(uri: str) -> str | None:
+    """The error line for a command that reads a store: an SQLite file that is not there
+    (MLflow would create an empty one); None when there is one, or for a server."""
+    db = sqlite_path(uri)
+    if db is None or db.is_file():
+        return None
+    return f"error: no MLflow store at {db}: run `make pipeline` (or a training run) first"
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from mdnlab.tracking import resolve_tracking_uri, sqlite_path
+from mdnlab.tracking import missing_store, resolve_tracking_uri
 
 MAX_COMPARED = 100  # the compare page is unreadable beyond this
 # The metric columns of the saved view, in this order, when logged; else the first few by name.
@@ -166,12 +166,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     uri = resolve_tracking_uri(args.tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        print(
-            f"error: no MLflow store at {db}: run `make pipeline` (or a training run) first",
-            file=sys.stderr,
-        )
+    if error := missing_store(uri):
+        print(error, file=sys.stderr)
         return 2
     base = f"http://{args.host}:{args.port}"
     found = links(uri, base)
