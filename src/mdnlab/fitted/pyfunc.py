@@ -32,6 +32,7 @@ MODEL_NAME = "model"  # runs:/<id>/model
 RUN_ARTIFACT = "run"
 RUN_FILES = ("model/model.ckpt", "config.yaml", "data/encoding.json", "data/y_encoding.json")
 EXAMPLE_ROWS = 5
+DEFAULT_QUANTILES = [0.05, 0.5, 0.95]  # a request's quantiles when its params name none
 REQUIREMENTS = ("torch", "numpy", "pandas", "scipy", "mlflow")
 
 
@@ -69,7 +70,7 @@ class MdnPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         params = params or {}
         what = params.get("what") or default_what(self.model)
-        quantiles = [float(q) for q in (params.get("quantiles") or (0.05, 0.5, 0.95))]
+        quantiles = [float(q) for q in (params.get("quantiles") or DEFAULT_QUANTILES)]
         return wide_predictions(self.model, model_input, what, quantiles)
 
 
@@ -111,7 +112,7 @@ def log_pyfunc(tracking_uri: str, run_id: str, artifacts: Path, x_train: np.ndar
         model = load_path(staged)
         example = example_frame(model, x_train)
         what = default_what(model)
-        params = {"what": what, "quantiles": [0.05, 0.5, 0.95]}
+        params = {"what": what, "quantiles": DEFAULT_QUANTILES}
         output = wide_predictions(model, example, what, params["quantiles"])
         client = MlflowClient(tracking_uri)
         # Created here, in the run's experiment: MLflow's own creation would file it under the
