@@ -4,7 +4,10 @@ Every simulator draws (x, y) pairs and evaluates the true log p(y | x) in nats, 
 model's held-out log-likelihood can be compared with the best achievable value (the negative
 conditional entropy) and its KL divergence from the truth estimated without bias.
 
-Only numpy and scipy are used, so the data-preparation step never imports torch.
+Only numpy and scipy are used, so the data-preparation step never imports torch. The
+elementary functions and small matrix products come from ``mdnlab.data.portable``, not numpy's
+CPU-dispatched ones, so that the written data have the same bytes on every x86-64 CPU
+(docs/reliability.md, "Reproducible data").
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import betaln, gammaln, logsumexp
+from scipy.special import betaln, gammaln
 
+from mdnlab.data import portable as pm
 from mdnlab.data.table import lower_triangle_names
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
+_LOG_2PI = float(pm.log(2.0 * np.pi))
 
 
 def _as_2d(a: np.ndarray) -> np.ndarray:
@@ -42,7 +46,7 @@ def _pick_components(weights: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
+    e = pm.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
@@ -80,9 +84,9 @@ def mixture1d_params(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     x = _as_2d(x)[:, :1]
     logits = np.hstack([-1.5 * x, np.full_like(x, 0.3), 1.5 * x])
     means = np.hstack(
-        [-1.5 + 0.4 * np.sin(np.pi * x), 0.3 * np.sin(2 * np.pi * x), 1.4 + 0.3 * np.cos(np.pi * x)]
+        [-1.5 + 0.4 * pm.sin(np.pi * x), 0.3 * pm.sin(2 * np.pi * x), 1.4 + 0.3 * pm.cos(np.pi * x)]
     )
-    sds = np.hstack([0.2 * np.exp(0.5 * x), 0.15 * np.exp(-0.4 * x), 0.25 * np.exp(0.3 * x)])
+    sds = np.hstack([0.2 * pm.exp(0.5 * x), 0.15 * pm.exp(-0.4 * x), 0.25 * pm.exp(0.3 * x)])
     return _softmax(logits), means, sds
 
 
@@ -108,8 +112,8 @@ class Mixture1D(Simulator):
     def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         w, mu, sd = mixture1d_params(x)
         z = (_as_2d(y)[:, :1] - mu) / sd
-        log_comp = -0.5 * z**2 - np.log(sd) - 0.5 * _LOG_2PI
-        return logsumexp(np.log(w) + log_comp, axis=1)
+        log_comp = -0.5 * z**2 - pm.log(sd) - 0.5 * _LOG_2PI
+        return pm.logsumexp(pm.log(w) + log_comp, axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,11 +131,11 @@ def mixture2d_params(
     logits = np.hstack([x, 0.2 * one, -x])
     y1_mean = np.hstack([-1.0 + 0.5 * x, 1.0 + 0.5 * x, 0.5 * x])
     y2_mean = np.hstack(
-        [-1.0 + 0.5 * np.sin(np.pi * x), -0.8 + 0.6 * x, 1.2 + 0.3 * np.cos(np.pi * x)]
+        [-1.0 + 0.5 * pm.sin(np.pi * x), -0.8 + 0.6 * x, 1.2 + 0.3 * pm.cos(np.pi * x)]
     )
-    y1_sd = np.hstack([0.3 * np.exp(0.3 * x), 0.2 * one, 0.3 * one])
-    y2_sd = np.hstack([0.25 * one, 0.35 * np.exp(-0.3 * x), 0.2 * np.exp(0.4 * x)])
-    rho = np.hstack([0.8 * np.tanh(2.0 * x), -0.5 * one, 0.3 * x])
+    y1_sd = np.hstack([0.3 * pm.exp(0.3 * x), 0.2 * one, 0.3 * one])
+    y2_sd = np.hstack([0.25 * one, 0.35 * pm.exp(-0.3 * x), 0.2 * pm.exp(0.4 * x)])
+    rho = np.hstack([0.8 * pm.tanh(2.0 * x), -0.5 * one, 0.3 * x])
     means = np.stack([y1_mean, y2_mean], axis=2)
     sds = np.stack([y1_sd, y2_sd], axis=2)
     return _softmax(logits), means, sds, rho
@@ -163,9 +167,9 @@ class Mixture2D(Simulator):
         z = (_as_2d(y)[:, None, :2] - mean) / sd
         one_m_r2 = 1.0 - rho**2
         quad = (z[..., 0] ** 2 - 2 * rho * z[..., 0] * z[..., 1] + z[..., 1] ** 2) / one_m_r2
-        log_det = 2 * np.log(sd).sum(axis=2) + np.log(one_m_r2)
+        log_det = 2 * pm.log(sd).sum(axis=2) + pm.log(one_m_r2)
         log_comp = -0.5 * quad - 0.5 * log_det - _LOG_2PI
-        return logsumexp(np.log(w) + log_comp, axis=1)
+        return pm.logsumexp(pm.log(w) + log_comp, axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +179,8 @@ class Mixture2D(Simulator):
 BISHOP_NOISE = 0.1
 _BISECTION_STEPS = 60
 # g'(s) = 1 + 0.6 pi cos(2 pi s) vanishes at s1 and s2 = 1 - s1: g rises, falls, rises.
-_S1 = float(np.arccos(-1.0 / (0.6 * np.pi)) / (2.0 * np.pi))
+# arccos(-1 / (0.6 pi)) / (2 pi), written out: numpy's arccos may differ in the last bit by CPU.
+_S1 = 0.33900099372132486
 _PIECE_LO = np.array([0.0, _S1, 1.0 - _S1])
 _PIECE_HI = np.array([_S1, 1.0 - _S1, 1.0])
 _PIECE_SIGN = np.array([1.0, -1.0, 1.0])
@@ -183,7 +188,7 @@ _PIECE_SIGN = np.array([1.0, -1.0, 1.0])
 
 def bishop_g(t: np.ndarray) -> np.ndarray:
     """g(t) = t + 0.3 sin(2 pi t)."""
-    return t + 0.3 * np.sin(2.0 * np.pi * t)
+    return t + 0.3 * pm.sin(2.0 * np.pi * t)
 
 
 def _g_inverse(v: np.ndarray, piece: np.ndarray) -> np.ndarray:
@@ -199,7 +204,7 @@ def _g_inverse(v: np.ndarray, piece: np.ndarray) -> np.ndarray:
         width *= 0.5
         np.add(lo, width, out=mid)
         np.multiply(mid, 2.0 * np.pi, out=g_mid)
-        np.sin(g_mid, out=g_mid)
+        g_mid[...] = pm.sin(g_mid)
         g_mid *= 0.3
         g_mid += mid
         g_mid *= sign
@@ -265,7 +270,7 @@ class Bishop(Simulator):
         x_unique, inverse = np.unique(x1, return_inverse=True)
         m = bishop_measure(x_unique)[inverse]
         with np.errstate(divide="ignore"):
-            return np.where(inside & (m > 0), -np.log(m), -np.inf)
+            return np.where(inside & (m > 0), -pm.log(m), -np.inf)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,10 +287,10 @@ def _jf_raw_moment(power: int, a: float, b: float) -> float:
     """E[T^power], power in {1, 2}, for T = sqrt(a+b)(2B-1)/(2 sqrt(B(1-B))), B ~ Beta(a, b)."""
     ab = a + b
     if power == 1:
-        num = 2 * np.exp(betaln(a + 0.5, b - 0.5)) - np.exp(betaln(a - 0.5, b - 0.5))
-        return float(np.sqrt(ab) / 2 * num / np.exp(betaln(a, b)))
+        num = 2 * pm.exp(betaln(a + 0.5, b - 0.5)) - pm.exp(betaln(a - 0.5, b - 0.5))
+        return float(np.sqrt(ab) / 2 * num / pm.exp(betaln(a, b)))
     # (2B - 1)^2 / (B(1 - B)) = 1 / (B(1 - B)) - 4
-    return float(ab / 4 * (np.exp(betaln(a - 1, b - 1) - betaln(a, b)) - 4))
+    return float(ab / 4 * (pm.exp(betaln(a - 1, b - 1) - betaln(a, b)) - 4))
 
 
 JF_MEAN = _jf_raw_moment(1, JF_A, JF_B)
@@ -299,18 +304,18 @@ def jf_skew_t_logpdf(t: np.ndarray, a: float, b: float) -> np.ndarray:
     whichever of r+t, r-t would cancel catastrophically is computed as a+b over the other.
     """
     c = a + b
-    r = np.hypot(np.sqrt(c), t)
-    log_plus = np.log(np.where(t >= 0, r + t, c / (r + np.abs(t))))
-    log_minus = np.log(c) - log_plus
-    log_r = np.log(r)
-    log_norm = (c - 1) * np.log(2.0) + betaln(a, b) + 0.5 * np.log(c)
+    r = np.sqrt(c + t * t)
+    log_plus = pm.log(np.where(t >= 0, r + t, c / (r + np.abs(t))))
+    log_minus = pm.log(c) - log_plus
+    log_r = pm.log(r)
+    log_norm = (c - 1) * pm.log(2.0) + betaln(a, b) + 0.5 * pm.log(c)
     return (a + 0.5) * (log_plus - log_r) + (b + 0.5) * (log_minus - log_r) - log_norm
 
 
 def heavytail_loc_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """mu(x) = 0.8 sin(pi x) + 0.3 x and s(x) = 0.25 exp(0.6 x), each (n,)."""
     x1 = _as_2d(x)[:, 0]
-    return 0.8 * np.sin(np.pi * x1) + 0.3 * x1, 0.25 * np.exp(0.6 * x1)
+    return 0.8 * pm.sin(np.pi * x1) + 0.3 * x1, 0.25 * pm.exp(0.6 * x1)
 
 
 @dataclass(frozen=True)
@@ -334,7 +339,7 @@ class HeavyTail(Simulator):
     def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         mu, s = heavytail_loc_scale(x)
         t = JF_MEAN + JF_SD * (_as_2d(y)[:, 0] - mu) / s
-        return jf_skew_t_logpdf(t, JF_A, JF_B) + np.log(JF_SD) - np.log(s)
+        return jf_skew_t_logpdf(t, JF_A, JF_B) + pm.log(JF_SD) - pm.log(s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,14 +397,14 @@ class LatentClass(Simulator):
         w, probs = latent_class_params(x)
         codes = _as_2d(y).astype(np.int64)
         rows = np.arange(codes.shape[0])
-        log_comp = sum(np.log(p[rows, :, codes[:, d]]) for d, p in enumerate(probs))
-        return logsumexp(np.log(w) + log_comp, axis=1)
+        log_comp = sum(pm.log(p[rows, :, codes[:, d]]) for d, p in enumerate(probs))
+        return pm.logsumexp(pm.log(w) + log_comp, axis=1)
 
     def quantities(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """``prob[d,c]``: the true marginal probability of class c of y_d at x, each (n,)."""
         w, probs = latent_class_params(x)
         return {
-            f"prob[{d},{c}]": np.einsum("nk,nk->n", w, p[:, :, c])
+            f"prob[{d},{c}]": (w * p[:, :, c]).sum(axis=1)
             for d, p in enumerate(probs)
             for c in range(p.shape[2])
         }
@@ -423,15 +428,15 @@ def wishart_params(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         [
             np.stack([1.0 + 0.3 * x1, zero, zero], axis=1),
             np.stack([0.6 * x1, 0.8 * one, zero], axis=1),
-            np.stack([0.3 * one, 0.4 * np.sin(np.pi * x1), 0.6 * np.exp(0.3 * x1)], axis=1),
+            np.stack([0.3 * one, 0.4 * pm.sin(np.pi * x1), 0.6 * pm.exp(0.3 * x1)], axis=1),
         ],
         axis=1,
     )
     c2 = np.stack(
         [
             np.stack([0.6 * one, zero, zero], axis=1),
-            np.stack([-0.5 * one, 1.2 * np.exp(-0.3 * x1), zero], axis=1),
-            np.stack([0.5 * np.cos(0.5 * np.pi * x1), -0.3 * x1, 0.9 * one], axis=1),
+            np.stack([-0.5 * one, 1.2 * pm.exp(-0.3 * x1), zero], axis=1),
+            np.stack([0.5 * pm.cos(0.5 * np.pi * x1), -0.3 * x1, 0.9 * one], axis=1),
         ],
         axis=1,
     )
@@ -443,17 +448,18 @@ def wishart_logpdf(y: np.ndarray, df: np.ndarray, chol: np.ndarray) -> np.ndarra
     """log Wishart(y; df, L L') for y (..., p, p), df (...), chol L (..., p, p), broadcasting;
     the closed form of ``scipy.stats.wishart.logpdf``, vectorised over scale matrices."""
     p = y.shape[-1]
-    scale = chol @ np.swapaxes(chol, -1, -2)
-    trace = np.trace(np.linalg.solve(scale, np.broadcast_to(y, scale.shape)), axis1=-2, axis2=-1)
-    log_det_y = np.linalg.slogdet(y)[1]
-    log_det_s = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-    log_gamma_p = 0.25 * p * (p - 1) * np.log(np.pi) + sum(
+    # tr(S^-1 y) with S = L L': tr(L^-T L^-1 y) = sum_ij (L^-1)_ij (L^-1 y)_ij.
+    chol_inv = pm.lower_triangular_inverse(chol)
+    trace = (chol_inv * pm.matmul(chol_inv, y)).sum(axis=(-2, -1))
+    log_det_y = pm.log(pm.det3(y))
+    log_det_s = 2.0 * pm.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    log_gamma_p = 0.25 * p * (p - 1) * pm.log(np.pi) + sum(
         gammaln(0.5 * df - 0.5 * j) for j in range(p)
     )
     return (
         0.5 * (df - p - 1) * log_det_y
         - 0.5 * trace
-        - 0.5 * df * p * np.log(2.0)
+        - 0.5 * df * p * pm.log(2.0)
         - 0.5 * df * log_det_s
         - log_gamma_p
     )
@@ -468,8 +474,8 @@ def wishart_bartlett(df: np.ndarray, chol: np.ndarray, rng: np.random.Generator)
     a[:, rows, cols] = rng.standard_normal((n, len(rows)))
     diag = np.arange(p)
     a[:, diag, diag] = np.sqrt(rng.chisquare(df[:, None] - diag[None, :]))
-    la = chol @ a
-    return la @ np.swapaxes(la, 1, 2)
+    la = pm.matmul(chol, a)
+    return pm.matmul(la, np.swapaxes(la, 1, 2))
 
 
 @dataclass(frozen=True)
@@ -495,12 +501,13 @@ class WishartMixture(Simulator):
     def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         w, df, chol = wishart_params(x)
         y = np.asarray(y, dtype=np.float64).reshape(-1, 1, WISHART_P, WISHART_P)
-        return logsumexp(np.log(w) + wishart_logpdf(y, df, chol), axis=1)
+        return pm.logsumexp(pm.log(w) + wishart_logpdf(y, df, chol), axis=1)
 
     def quantities(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """``mean[i,j]`` (j <= i): the true E[Y_ij | x] = sum_k pi_k (C_k C_k')_ij, each (n,)."""
         w, df, chol = wishart_params(x)
-        mean = np.einsum("nk,nkij->nij", w * df, chol @ np.swapaxes(chol, -1, -2))
+        outer = pm.matmul(chol, np.swapaxes(chol, -1, -2))
+        mean = ((w * df)[:, :, None, None] * outer).sum(axis=1)
         return {f"mean[{i},{j}]": mean[:, i, j] for i in range(WISHART_P) for j in range(i + 1)}
 
 
