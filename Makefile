@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data pipeline test test-fast lint bench ui ui-check clean lock
+.PHONY: setup data pipeline test test-fast lint bench ui mlflow-server ui-check clean lock
 
 setup: $(STAMP)
 
@@ -22,14 +22,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[data,dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[data,dev,cluster,server]"
 	@touch $(STAMP)
 
 # Re-resolve the ranges in a scratch venv and write requirements.lock (then run make test).
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	.venv-lock/bin/python -m pip install --quiet -e ".[data,dev]"
+	.venv-lock/bin/python -m pip install --quiet -e ".[data,dev,cluster,server]"
 	{ head -n 2 requirements.lock; .venv-lock/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
 
@@ -69,6 +69,13 @@ bench: setup
 # The MLflow UI on the embedded store, after printing each experiment's runs-table URL.
 ui: setup
 	python -m mdnlab.ui
+
+# A team server in the foreground: PostgreSQL on 127.0.0.1:5433 (PGPORT) and `mlflow server` on
+# 127.0.0.1:5000 (MLFLOW_PORT) with proxied artifacts, all under .mlflow-server/. Log to it with
+# export MLFLOW_TRACKING_URI=http://127.0.0.1:5000; stop both: scripts/mlflow_server.sh stop
+mlflow-server: setup
+	@$(BIN)/python -c 'import psycopg' 2>/dev/null || $(BIN)/python -m pip install --quiet -c requirements.lock -e ".[server]"
+	bash scripts/mlflow_server.sh
 
 # Headless Chromium (apt-get install -y chromium) on the runs table that `make ui` links to:
 # a screenshot of the mcycle experiment's runs and metrics.

@@ -28,6 +28,8 @@ from mdnlab.pipeline import run
         ("trainer.batch_size=0", "trainer.batch_size=0: expected an integer >= 1"),
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1: expected a number >= 0"),
         ("logger.tracking_uri=foo://bar", "unsupported scheme 'foo'"),
+        ("trainer.accelerator=tpu", "trainer.accelerator='tpu': expected one of cpu, gpu, auto"),
+        ("rerun=maybe", "rerun='maybe': expected true or false"),
     ],
 )
 def test_bad_values_stop_before_the_store_is_touched(tmp_path, tiny_csv, override, expected):
@@ -61,3 +63,25 @@ def test_the_command_line_gets_one_line_and_exit_2(tmp_path, tiny_csv):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == ["error: seed='abc': expected an integer >= 0"]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_gpu_run_without_cuda_says_so_before_the_store_is_touched(
+    tmp_path, tiny_csv, monkeypatch
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu: torch sees no CUDA device"):
+        run(config(tmp_path, tiny_csv, "trainer.accelerator=gpu"))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_accelerator_auto_on_a_cpu_only_machine_gives_the_cpu_numbers(tmp_path, tiny_csv):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here; the CPU/GPU comparison is in docs/reliability.md")
+    on_cpu = run(config(tmp_path / "cpu", tiny_csv, "trainer.accelerator=cpu"))
+    on_auto = run(config(tmp_path / "auto", tiny_csv, "trainer.accelerator=auto"))
+    assert on_auto["test/nll"] == on_cpu["test/nll"]
+    assert on_auto["train/grad_norm"] == on_cpu["train/grad_norm"]

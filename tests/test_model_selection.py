@@ -103,6 +103,22 @@ def test_missing_values_never_pick_and_a_single_group_needs_no_columns():
     assert list(tied.aic_pick) == [True, False]
 
 
+def test_groups_with_a_single_k_have_no_vote():
+    """An Optuna search varies the penalty with K: every trial is a group of its own, and the
+    modal pick over such groups would be the smallest K whatever the data say."""
+    frame = hand_made(seeds=(0,)).drop(columns="seed")
+    frame["train.penalty"] = [0.5, 1.5, 2.5]
+    table = selection_table(frame, ["train.penalty"])
+    assert chosen_k(table, ["train.penalty"]) == {}
+    both = pd.concat([hand_made(seeds=(0,)), frame.assign(seed=9)], ignore_index=True)
+    both["train.penalty"] = both["train.penalty"].fillna(3.0)
+    mixed = selection_table(both, ["seed", "train.penalty"])
+    # only seed 0's group compares K = 1, 2, 3: its picks stand
+    assert chosen_k(mixed, ["seed", "train.penalty"]) == chosen_k(
+        selection_table(hand_made(seeds=(0,)), ["seed"]), ["seed"]
+    )
+
+
 def test_varying_params_and_training_rows():
     params = [
         {"model.n_components": "1", "seed": "0", "data.path": "a.csv"},

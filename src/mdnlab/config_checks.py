@@ -34,7 +34,28 @@ def check_run_config(cfg) -> None:
     nonnegative_number("trainer.min_delta", t.get("min_delta", 0.0))
     if t.get("batch_size") is not None:
         whole_number("trainer.batch_size", t.batch_size, minimum=1)
+    check_accelerator(t.get("accelerator", "cpu"))
+    if not isinstance(cfg.get("rerun", False), bool):
+        raise ConfigError(f"rerun={cfg.rerun!r}: expected true or false")
     check_tracking_uri(cfg.logger.get("tracking_uri"))
+
+
+ACCELERATORS = ("cpu", "gpu", "auto")
+
+
+def check_accelerator(value) -> None:
+    if value not in ACCELERATORS:
+        raise ConfigError(
+            f"trainer.accelerator={value!r}: expected one of {', '.join(ACCELERATORS)}"
+        )
+    if value == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "trainer.accelerator=gpu: torch sees no CUDA device (torch.cuda.is_available() "
+                "is False); use cpu or auto"
+            )
 
 
 def seed_of(value) -> int:

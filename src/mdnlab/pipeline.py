@@ -47,6 +47,7 @@ from mdnlab.estimation.objective import check_penalty
 from mdnlab.estimation.ordering import OrderingReport, order_members
 from mdnlab.estimation.selection import select_penalty
 from mdnlab.families import family_class
+from mdnlab.fingerprint import FINGERPRINT_TAG, finished_run, run_fingerprint
 from mdnlab.fitted.pyfunc import log_pyfunc
 from mdnlab.inference.functional import FlatModel
 from mdnlab.inference.step import InferenceResult, run_inference, run_inference_matrix_free
@@ -116,9 +117,19 @@ def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
     client, experiment_id = tracking.prepare_experiment(
         tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri")), experiment_name(cfg)
     )
-    sweep = active_sweep()
-    parent = sweep.parent_run(client, experiment_id) if sweep is not None else None
     tags = run_tags(cfg, table)
+    tags[FINGERPRINT_TAG] = run_fingerprint(cfg, tags["data_md5"])
+    sweep = active_sweep()
+    if sweep is not None and not cfg.get("rerun", False):
+        done = finished_run(client, experiment_id, tags[FINGERPRINT_TAG])
+        if done is not None:
+            sweep.adopt(client, experiment_id, done)
+            say(
+                f"{label}skipped: MLflow run {done.info.run_id} ({done.info.run_name}) finished "
+                "with this config and data; rerun=true trains it again"
+            )
+            return {k: float(v) for k, v in done.data.metrics.items()}
+    parent = sweep.parent_run(client, experiment_id) if sweep is not None else None
     log = tracking.RunLog.start(client, experiment_id, run_name(cfg), tags, parent)
     say(
         f"{label}MLflow run {log.run_id} in experiment {experiment_name(cfg)!r} ({client.tracking_uri})"
@@ -388,7 +399,12 @@ def estimate(cfg, table: Table, data: SplitTensors, estimation: Estimation, labe
         member_seeds(int(cfg.seed), estimation.restarts),
         fit_data,
         estimation.penalty,
-        TrainerSettings(int(t.max_epochs), int(t.patience), float(t.get("min_delta", 0.0))),
+        TrainerSettings(
+            int(t.max_epochs),
+            int(t.patience),
+            float(t.get("min_delta", 0.0)),
+            str(t.get("accelerator", "cpu")),
+        ),
         float(t.lr),
         float(t.weight_decay),
         t.get("batch_size"),

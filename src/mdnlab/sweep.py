@@ -14,6 +14,7 @@ marked FINISHED.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from mdnlab.diagnostics.model_selection import report_sweep
 
 SWEEP_TAG = "mdnlab.sweep"
 ROLE_TAG = "mdnlab.role"
+REUSED_TAG = "sweep.reused"
+FAILED_TAG = "sweep.failed_jobs"
+FAILED_FILE = "FAILED.txt"
 
 
 @dataclass
@@ -59,12 +63,58 @@ class SweepContext:
                     self.parents[experiment_id] = run.run_id
         return self.parents[experiment_id]
 
+    def adopt(self, client, experiment_id: str, run) -> None:
+        """File a skipped job's finished run under this sweep's parent when the sweep that
+        made it did not finish (it crashed halfway: this sweep completes it); a run of a
+        finished sweep stays where it is and is listed in this parent's ``sweep.reused`` tag."""
+        parent = self.parent_run(client, experiment_id)
+        old_parent = run.data.tags.get("mlflow.parentRunId")
+        if old_parent == parent:
+            return
+        if old_parent is not None and client.get_run(old_parent).info.status != "FINISHED":
+            client.set_tag(run.info.run_id, "mlflow.parentRunId", parent)
+            return
+        with tracking.file_lock(self.sweep_dir / ".mlflow-sweep.lock"):
+            reused = client.get_run(parent).data.tags.get(REUSED_TAG, "")
+            ids = [i for i in reused.split(",") if i] + [run.info.run_id]
+            client.set_tag(parent, REUSED_TAG, ",".join(ids))
+
 
 _active: SweepContext | None = None
 
 
 def active_sweep() -> SweepContext | None:
     return _active
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+
+
+def record_job_failure(message: str) -> None:
+    """Note in this job's folder that it failed and why: the sweep goes on with its other
+    jobs and lists the failures when it ends (files, so that jobs on other hosts count too)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    overrides = " ".join(hydra_cfg.overrides.task)
+    text = f"#{hydra_cfg.job.num} {overrides}\n{message}\n"
+    Path(hydra_cfg.runtime.output_dir, FAILED_FILE).write_text(text)
+
+
+def failed_jobs(sweep_dir: Path) -> list[str]:
+    """'#<job> <overrides>: <message>' for every job of the sweep that recorded a failure."""
+    lines = []
+    for path in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"), key=lambda p: _job_order(p.parent)):
+        head, _, message = path.read_text().partition("\n")
+        lines.append(f"{head}: {message.strip()}")
+    return lines
+
+
+def _job_order(job_dir: Path) -> tuple[int, str]:
+    return (int(job_dir.name), "") if job_dir.name.isdigit() else (1 << 30, job_dir.name)
 
 
 def experiment_name(cfg: DictConfig) -> str:
@@ -99,9 +149,20 @@ class MlflowSweepCallback(Callback):
         if self.context is None:
             return
         client = tracking.MlflowClient(tracking_uri=self.context.tracking_uri)
+        failures = failed_jobs(self.context.sweep_dir)
         for run_id in self._all_parents(client):
             report_sweep(client, run_id)  # never raises
+            client.set_tag(run_id, FAILED_TAG, str(len(failures)))
             client.set_terminated(run_id, status="FINISHED")
+        if failures:
+            listing = "\n".join(f"  {line}" for line in failures)
+            print(
+                f"sweep: {len(failures)} job(s) failed (the others finished; their notes are "
+                f"{FAILED_FILE} in the job folders under {self.context.sweep_dir}):\n{listing}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1)
 
     def _all_parents(self, client) -> list[str]:
         experiments = [e.experiment_id for e in client.search_experiments()]

@@ -137,8 +137,11 @@ def picks_per_group(frame: pd.DataFrame, group_columns: list[str]) -> pd.DataFra
 
 def chosen_k(frame: pd.DataFrame, group_columns: list[str]) -> dict[str, int]:
     """The K each criterion picks: the single group's pick, else the modal pick over the groups
-    (ties to the smaller K); criteria that pick nothing anywhere are left out."""
+    (ties to the smaller K); criteria that pick nothing anywhere are left out. A group with one
+    K compared nothing (an Optuna search makes one per trial) and has no vote."""
     per_group = picks_per_group(frame, group_columns)
+    compares = [group["n_components"].nunique() > 1 for _, group in groups_of(frame, group_columns)]
+    per_group = per_group[np.asarray(compares, dtype=bool)]
     out = {}
     for criterion in CRITERIA:
         values = per_group[criterion].dropna()

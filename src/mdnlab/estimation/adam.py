@@ -37,6 +37,9 @@ class TrainerSettings:
     max_epochs: int = 2000
     patience: int = 100
     min_delta: float = 0.0
+    # Lightning's accelerator for the Adam phase (cpu | gpu | auto). The weights come back to
+    # the CPU afterwards: the polish, the Hessian and the inference run there in float64.
+    accelerator: str = "cpu"
 
 
 class MemberEarlyStopping(Callback):
@@ -132,7 +135,7 @@ def fit_adam(
     callbacks.append(ProgressLines(label, settings.max_epochs, stopping))
     trainer = pl.Trainer(
         max_epochs=settings.max_epochs,
-        accelerator="cpu",
+        accelerator=settings.accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -145,6 +148,7 @@ def fit_adam(
     )
     with torch.enable_grad():
         trainer.fit(ensemble, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    ensemble.cpu()
     epochs = trainer.current_epoch
     r = ensemble.n_members
     if stopping is None:

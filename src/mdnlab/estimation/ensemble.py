@@ -102,7 +102,7 @@ class MemberEnsemble(pl.LightningModule):
         part = self.nll(
             x, y, None if rows is None else rows[index], self.members.flat()[index], index
         )
-        full = torch.full((self.n_members,), float("nan"), dtype=part.dtype)
+        full = torch.full((self.n_members,), float("nan"), dtype=part.dtype, device=part.device)
         return full.index_put((index,), part)
 
     def training_step(self, batch, batch_idx):
