@@ -34,6 +34,7 @@ def check_run_config(cfg) -> None:
     nonnegative_number("trainer.min_delta", t.get("min_delta", 0.0))
     if t.get("batch_size") is not None:
         whole_number("trainer.batch_size", t.batch_size, minimum=1)
+    nonnegative_number("trainer.checkpoint_every_s", t.get("checkpoint_every_s", 60.0))
     check_accelerator(t.get("accelerator", "cpu"))
     if not isinstance(cfg.get("rerun", False), bool):
         raise ConfigError(f"rerun={cfg.rerun!r}: expected true or false")

@@ -14,7 +14,7 @@ import json
 from omegaconf import DictConfig, OmegaConf
 
 FINGERPRINT_TAG = "mdnlab.fingerprint"
-NOT_PART_OF_THE_FIT = ("metrics_file", "plots_dir", "logger", "threads", "rerun")
+NOT_PART_OF_THE_FIT = ("metrics_file", "plots_dir", "logger", "threads", "rerun", "resume")
 
 
 def run_fingerprint(cfg: DictConfig, data_md5: str) -> str:

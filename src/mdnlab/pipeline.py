@@ -35,6 +35,7 @@ from mdnlab.diagnostics.labels import identified_flags
 from mdnlab.diagnostics.report import DiagnosticSettings, diagnose
 from mdnlab.errors import ConfigError, DataError, TrainingError
 from mdnlab.estimation.adam import TrainerSettings
+from mdnlab.estimation.checkpoints import Checkpointing
 from mdnlab.estimation.fit import (
     FitData,
     MemberResult,
@@ -55,6 +56,7 @@ from mdnlab.interrupts import stopped_by_user
 from mdnlab.module import MDNModule
 from mdnlab.predictions import DEFAULT_POINTS, predictions_frame, read_points
 from mdnlab.progress import recorded_warnings, say, warn
+from mdnlab.resume import CHECKPOINT_TAG, reopen_run
 from mdnlab.sweep import active_sweep, experiment_name
 
 SPLITS = ("train", "val", "test")
@@ -129,21 +131,33 @@ def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
                 "with this config and data; rerun=true trains it again"
             )
             return {k: float(v) for k, v in done.data.metrics.items()}
-    parent = sweep.parent_run(client, experiment_id) if sweep is not None else None
-    log = tracking.RunLog.start(client, experiment_id, run_name(cfg), tags, parent)
+    every_s = float(cfg.trainer.get("checkpoint_every_s", 60.0))
+    resuming = cfg.get("resume") is not None
+    if resuming:
+        log, folder = reopen_run(client, str(cfg.resume), tags[FINGERPRINT_TAG], experiment_id)
+        checkpoints = Checkpointing(folder, every_s, resume=True)
+        say(f"{label}resuming MLflow run {log.run_id} from {folder}")
+    else:
+        parent = sweep.parent_run(client, experiment_id) if sweep is not None else None
+        checkpoints = Checkpointing((out_dir / "checkpoints").resolve(), every_s)
+        tags[CHECKPOINT_TAG] = str(checkpoints.folder)
+        log = tracking.RunLog.start(client, experiment_id, run_name(cfg), tags, parent)
     say(
         f"{label}MLflow run {log.run_id} in experiment {experiment_name(cfg)!r} ({client.tracking_uri})"
     )
     try:
-        log.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        log.log_dataset(
-            str(cfg.data.name),
-            str(cfg.data.path),
-            tags["data_md5"],
-            {split: data.size(split) for split in SPLITS},
-            dvc_md5=tags.get("data_dvc_md5"),
+        if not resuming:
+            log.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+            log.log_dataset(
+                str(cfg.data.name),
+                str(cfg.data.path),
+                tags["data_md5"],
+                {split: data.size(split) for split in SPLITS},
+                dvc_md5=tags.get("data_dvc_md5"),
+            )
+        metrics, fit = train_and_evaluate(
+            cfg, table, data, estimation, artifacts, label, checkpoints
         )
-        metrics, fit = train_and_evaluate(cfg, table, data, estimation, artifacts, label)
         module, history = fit.module, fit.history
         log.set_tags(
             {"restarts.best": str(fit.best.index), "restarts.count": str(len(fit.members))}
@@ -203,6 +217,7 @@ def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
         log.finish("KILLED" if stopped_by_user(err) else "FAILED")
         raise
     log.finish("FINISHED")
+    shutil.rmtree(checkpoints.folder, ignore_errors=True)  # nothing left to resume
     summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
     say(f"{label}done in {metrics['run/seconds']:.1f}s  {summary}")
     return metrics
@@ -384,7 +399,14 @@ class Fit:
     ordering: OrderingReport | None = None
 
 
-def estimate(cfg, table: Table, data: SplitTensors, estimation: Estimation, label: str) -> Fit:
+def estimate(
+    cfg,
+    table: Table,
+    data: SplitTensors,
+    estimation: Estimation,
+    label: str,
+    checkpoints: Checkpointing | None = None,
+) -> Fit:
     """R restarts trained as one batched network, polished, the penalty chosen by the evidence
     when asked; the best by the penalized training objective is the estimate."""
     t = cfg.trainer
@@ -411,6 +433,7 @@ def estimate(cfg, table: Table, data: SplitTensors, estimation: Estimation, labe
         int(cfg.seed),
         estimation.polish,
         label,
+        checkpoints,
     )
     metrics: dict[str, float] = {}
     penalty = estimation.penalty
@@ -449,8 +472,10 @@ def estimate(cfg, table: Table, data: SplitTensors, estimation: Estimation, labe
     return Fit(module, metrics, best.history, members, best, penalty, ordering)
 
 
-def train_and_evaluate(cfg, table, data: SplitTensors, estimation: Estimation, artifacts, label):
-    fit = estimate(cfg, table, data, estimation, label)
+def train_and_evaluate(
+    cfg, table, data: SplitTensors, estimation: Estimation, artifacts, label, checkpoints=None
+):
+    fit = estimate(cfg, table, data, estimation, label, checkpoints)
     module, metrics = fit.module, fit.metrics
     with torch.no_grad():
         for split in SPLITS:

@@ -19,6 +19,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from mdnlab.estimation.checkpoints import (
+    Checkpointing,
+    EpochCheckpoint,
+    load_adam_done,
+    save_adam_done,
+)
 from mdnlab.estimation.ensemble import MemberEnsemble
 from mdnlab.progress import Ticker, say
 
@@ -56,6 +62,20 @@ class MemberEarlyStopping(Callback):
     @property
     def stopped(self) -> torch.Tensor:
         return self.stopped_epoch >= 0
+
+    def state_dict(self) -> dict:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "states": [None if s is None else [t.cpu() for t in s] for s in self.states],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("best", "best_epoch", "wait", "stopped_epoch"):
+            getattr(self, name).copy_(state[name])
+        self.states = [None if s is None else list(s) for s in state["states"]]
 
     def on_validation_end(self, trainer, module: MemberEnsemble) -> None:
         if trainer.sanity_checking or module.last_val is None:
@@ -124,15 +144,25 @@ def fit_adam(
     val_loader,
     settings: TrainerSettings,
     label: str = "",
+    checkpoints: Checkpointing | None = None,
 ) -> AdamResult:
     """Adam on the summed member objectives; early stopping per member when there is a
-    validation split (else ``max_epochs``)."""
+    validation split (else ``max_epochs``). With ``checkpoints``, the state is saved as it goes
+    and a resumed fit starts from it."""
+    if checkpoints is not None and checkpoints.resume and checkpoints.done.is_file():
+        say(f"{label}resumed: Adam had finished; its weights are in {checkpoints.done}")
+        return load_adam_done(ensemble, checkpoints.done, AdamResult)
+    resume_from = checkpoints.resumable_epochs() if checkpoints is not None else None
+    if resume_from is not None:
+        say(f"{label}resumed: Adam continues from {resume_from}")
     callbacks: list[Callback] = []
     stopping = None
     if val_loader is not None:
         stopping = MemberEarlyStopping(ensemble.n_members, settings.patience, settings.min_delta)
         callbacks.append(stopping)
     callbacks.append(ProgressLines(label, settings.max_epochs, stopping))
+    if checkpoints is not None:
+        callbacks.append(EpochCheckpoint(checkpoints.last, checkpoints.every_s))
     trainer = pl.Trainer(
         max_epochs=settings.max_epochs,
         accelerator=settings.accelerator,
@@ -147,7 +177,12 @@ def fit_adam(
         deterministic=True,
     )
     with torch.enable_grad():
-        trainer.fit(ensemble, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        trainer.fit(
+            ensemble,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            ckpt_path=resume_from,
+        )
     ensemble.cpu()
     epochs = trainer.current_epoch
     r = ensemble.n_members
@@ -156,4 +191,7 @@ def fit_adam(
     else:
         best = [int(e) + 1 if e >= 0 else 0 for e in stopping.best_epoch]
         stopped = [int(e) + 1 if e >= 0 else epochs for e in stopping.stopped_epoch]
-    return AdamResult(epochs, best, stopped, [bool(a) for a in ensemble.alive])
+    result = AdamResult(epochs, best, stopped, [bool(a) for a in ensemble.alive])
+    if checkpoints is not None:
+        save_adam_done(ensemble, result, checkpoints.done)
+    return result

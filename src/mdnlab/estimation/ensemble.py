@@ -39,11 +39,15 @@ class MemberEnsemble(pl.LightningModule):
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.row_weights = row_weights  # (R, n_train) or None: every row counts once
         self.stacked = bool(stacked)  # True: x (R, n, d), y (R, n, *event), member r's own rows
-        self.alive = torch.ones(members.n_members, dtype=torch.bool)  # False: diverged
+        # Buffers, so that they follow the module to an accelerator; not in the state_dict
+        # (checkpoints carry them in ``bookkeeping``).
+        self.register_buffer("alive", torch.ones(members.n_members, dtype=torch.bool), False)
         # Members still training: alive and not yet out of patience (the early-stopping
         # callback clears them). The others are left out of the forward pass: their restored
         # best weights do not depend on what happens to them afterwards.
-        self.training_mask = torch.ones(members.n_members, dtype=torch.bool)
+        self.register_buffer(
+            "training_mask", torch.ones(members.n_members, dtype=torch.bool), False
+        )
         self.epoch_history: dict[str, list[list[float]]] = {"train": [], "val": []}
         self.last_val: torch.Tensor | None = None
         self._sums: dict[str, list] = {}
@@ -51,6 +55,35 @@ class MemberEnsemble(pl.LightningModule):
     @property
     def n_members(self) -> int:
         return self.members.n_members
+
+    # --- checkpoints (mdnlab.estimation.checkpoints) -------------------------------------------
+    def bookkeeping(self) -> dict:
+        """What a resumed fit needs besides the weights: plain values and CPU tensors. A
+        checkpoint callback runs before this module's own end-of-epoch hook, so an epoch's
+        training NLL still being summed is closed here."""
+        history = {stage: list(epochs) for stage, epochs in self.epoch_history.items()}
+        if "train" in self._sums:
+            total, count = self._sums["train"]
+            history["train"].append([float(v) for v in total / count])
+        return {
+            "alive": self.alive.cpu(),
+            "training_mask": self.training_mask.cpu(),
+            "epoch_history": history,
+            "last_val": None if self.last_val is None else self.last_val.cpu(),
+        }
+
+    def restore_bookkeeping(self, state: dict) -> None:
+        self.alive.copy_(state["alive"])
+        self.training_mask.copy_(state["training_mask"])
+        self.epoch_history = {k: [list(e) for e in v] for k, v in state["epoch_history"].items()}
+        last = state["last_val"]
+        self.last_val = None if last is None else last.to(self.alive.device)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mdnlab_bookkeeping"] = self.bookkeeping()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restore_bookkeeping(checkpoint["mdnlab_bookkeeping"])
 
     def rows_of(self, x: torch.Tensor, y: torch.Tensor, members=None):
         """The data of the listed members (all when None): (x, y) itself unless ``stacked``."""

@@ -17,6 +17,7 @@ import torch
 
 from mdnlab.data.loaders import batch_loader
 from mdnlab.estimation.adam import TrainerSettings, fit_adam
+from mdnlab.estimation.checkpoints import Checkpointing
 from mdnlab.estimation.ensemble import MemberEnsemble
 from mdnlab.estimation.lbfgs import lbfgs_members, value_and_grad
 from mdnlab.estimation.members import BatchedMLP
@@ -95,6 +96,7 @@ def fit_members(
     loader_seed: int = 0,
     polish: PolishSettings = PolishSettings(),
     label: str = "",
+    checkpoints: Checkpointing | None = None,
 ) -> tuple[MemberEnsemble, list[MemberResult]]:
     modules = [make_module(s) for s in seeds]
     members = BatchedMLP.from_members([m.net for m in modules])
@@ -111,7 +113,7 @@ def fit_members(
     row_dim = 1 if data.stacked else 0
     train_loader = batch_loader(data.x_train, data.y_train, batch_size, loader_seed, row_dim)
     val_loader = batch_loader(data.x_val, data.y_val) if data.has_val else None
-    adam = fit_adam(ensemble, train_loader, val_loader, trainer, label)
+    adam = fit_adam(ensemble, train_loader, val_loader, trainer, label, checkpoints)
 
     results = []
     with torch.no_grad():
