@@ -5,6 +5,7 @@
 #   scripts/mlflow_server.sh        start PostgreSQL (initdb on first use), then mlflow server
 #   scripts/mlflow_server.sh stop   stop mlflow server and PostgreSQL
 # Env: PGPORT (5433), MLFLOW_PORT (5000), MLFLOW_WORKERS (mlflow's 4),
+# MLFLOW_HOST (127.0.0.1; 0.0.0.0 for compute nodes, with MLFLOW_ALLOWED_HOSTS=<name>:<port>),
 # MLFLOW_SERVER_ENABLE_JOB_EXECUTION (false),
 # MLFLOW_SERVER_DIR (<repo>/.mlflow-server: pgdata/, postgres.log, artifacts/, ...).
 set -euo pipefail
@@ -18,6 +19,7 @@ PWFILE=$STATE/pg.password   # the mlflow role's password (mode 600)
 PIDFILE=$STATE/mlflow.pid
 PGPORT=${PGPORT:-5433}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
+MLFLOW_HOST=${MLFLOW_HOST:-127.0.0.1}   # PostgreSQL itself stays on loopback
 
 die() { echo "error: $*" >&2; exit 1; }
 
@@ -69,7 +71,7 @@ if [ -z "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'mlflow'")
 fi
 
 echo "PostgreSQL on 127.0.0.1:$PGPORT (data: $PGDATA, log: $PGLOG)"
-echo "Log to this server:  export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT"
+echo "Log to this server:  export MLFLOW_TRACKING_URI=http://$MLFLOW_HOST:$MLFLOW_PORT"
 echo "Stop it:             scripts/mlflow_server.sh stop   (Ctrl-C stops mlflow only)"
 echo $$ > "$PIDFILE"   # exec keeps the pid: `stop` signals mlflow server itself
 # The store URI travels in the environment, so that the password is not on a command line.
@@ -78,4 +80,4 @@ unset PGPASSWORD
 # MLflow's GenAI job runner (7 huey worker processes) is off unless asked for.
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 exec python -m mlflow server --artifacts-destination "$STATE/artifacts" --serve-artifacts \
-    --host 127.0.0.1 --port "$MLFLOW_PORT"
+    --host "$MLFLOW_HOST" --port "$MLFLOW_PORT" ${MLFLOW_ALLOWED_HOSTS:+--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"}

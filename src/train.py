@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> float:
         traceback.print_exc()
         record_job_failure(f"{type(err).__name__}: {err}")
         return float("nan")
-    return metrics.get("val/nll", metrics["train/nll"])
+    return metrics.get("val/nll", metrics.get("train/nll", float("nan")))  # nan: a DDP worker
 
 
 if __name__ == "__main__":

@@ -148,6 +148,9 @@ def test_identified_flags_from_separation_in_standard_errors():
     assert flags[:5] == [True] * 5
     assert flags[5:9] == [False] * 4
     assert all(pd.isna(f) for f in flags[9:])
+    # without inference the SE column holds no numbers at all (object dtype): NA, no crash
+    no_inference = frame.assign(se_sandwich=pd.Series([None] * len(frame), dtype=object))
+    assert all(pd.isna(f) for f in identified_flags(no_inference).tolist()[1:])
 
 
 def test_restart_report_on_a_relabelled_copy():

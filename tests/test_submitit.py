@@ -67,7 +67,10 @@ def test_submitit_local_sweep_files_both_jobs_under_one_parent(tmp_path, tiny_cs
     assert parents[0].info.status == "FINISHED"
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert all(r.info.status == "FINISHED" for r in children)
-    assert sorted(r.info.run_name for r in children) == ["file-gaussian-K2-s0", "file-gaussian-K2-s1"]
+    assert sorted(r.info.run_name for r in children) == [
+        "file-gaussian-K2-s0",
+        "file-gaussian-K2-s1",
+    ]
     assert all(math.isfinite(r.data.metrics["test/nll"]) for r in children)
     default = client.get_experiment_by_name("Default")
     assert default is None or client.search_runs([default.experiment_id]) == []

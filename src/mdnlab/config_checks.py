@@ -36,6 +36,7 @@ def check_run_config(cfg) -> None:
         whole_number("trainer.batch_size", t.batch_size, minimum=1)
     nonnegative_number("trainer.checkpoint_every_s", t.get("checkpoint_every_s", 60.0))
     check_accelerator(t.get("accelerator", "cpu"))
+    whole_number("trainer.devices", t.get("devices", 1), minimum=1)
     if not isinstance(cfg.get("rerun", False), bool):
         raise ConfigError(f"rerun={cfg.rerun!r}: expected true or false")
     check_tracking_uri(cfg.logger.get("tracking_uri"))

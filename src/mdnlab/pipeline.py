@@ -33,6 +33,7 @@ from mdnlab.diagnostics.calibration import calibrate
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
 from mdnlab.diagnostics.labels import identified_flags
 from mdnlab.diagnostics.report import DiagnosticSettings, diagnose
+from mdnlab.distributed import is_worker_process
 from mdnlab.errors import ConfigError, DataError, TrainingError
 from mdnlab.estimation.adam import TrainerSettings
 from mdnlab.estimation.checkpoints import Checkpointing
@@ -98,6 +99,10 @@ def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
     data = SplitTensors.from_table(table, splits)
     module = build_module(cfg, table, data)  # to check the model and count its weights
     label = f"[{run_name(cfg)}] "
+    if is_worker_process():
+        configure_threads(cfg.get("threads", "auto"), data.size("train") * n_weights(module))
+        estimate(cfg, table, data, estimation, f"[{run_name(cfg)} ddp worker] ")
+        return {}
     work = data.size("train") * n_weights(module) * estimation.restarts
     threads = configure_threads(cfg.get("threads", "auto"), work)
     x_points = prediction_points(cfg, table, data)
@@ -116,12 +121,13 @@ def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
     artifacts = out_dir / "artifacts"
     if artifacts.exists():
         shutil.rmtree(artifacts)
-    client, experiment_id = tracking.prepare_experiment(
-        tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri")), experiment_name(cfg)
-    )
+    sweep = active_sweep()
+    # A sweep's jobs log where its parent is, whatever their own host's environment says.
+    uri = sweep.tracking_uri if sweep is not None else None
+    uri = uri or tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"))
+    client, experiment_id = tracking.prepare_experiment(uri, experiment_name(cfg))
     tags = run_tags(cfg, table)
     tags[FINGERPRINT_TAG] = run_fingerprint(cfg, tags["data_md5"])
-    sweep = active_sweep()
     if sweep is not None and not cfg.get("rerun", False):
         done = finished_run(client, experiment_id, tags[FINGERPRINT_TAG])
         if done is not None:
@@ -232,6 +238,8 @@ SMALL_WORK = 5_000_000
 def configure_threads(setting, work: int = 0) -> int:
     """Threads per process: 1 for small work, else this process's share of the cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():  # unbound jobs see the whole node
+        cores = min(cores, int(os.environ["SLURM_CPUS_PER_TASK"]))
     if setting in (None, "auto"):
         threads = 1 if work < SMALL_WORK else max(1, cores // parallel_jobs(cores))
     else:
@@ -252,8 +260,13 @@ def parallel_jobs(cores: int) -> int:
     if not HydraConfig.initialized():
         return 1
     hydra_cfg = HydraConfig.get()
-    n_jobs = hydra_cfg.launcher.get("n_jobs") if "launcher" in hydra_cfg else None
-    if hydra_cfg.mode.name != "MULTIRUN" or n_jobs is None:
+    if hydra_cfg.mode.name != "MULTIRUN" or "launcher" not in hydra_cfg:
+        return 1
+    target = str(hydra_cfg.launcher.get("_target_", ""))
+    if target.endswith("submitit_launcher.LocalLauncher"):
+        return cores  # submitit_local starts every job at once: one core's share each
+    n_jobs = hydra_cfg.launcher.get("n_jobs")  # joblib; a SLURM job has its own allocation
+    if n_jobs is None:
         return 1
     n_jobs = int(n_jobs)
     return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)
@@ -406,9 +419,10 @@ def estimate(
     estimation: Estimation,
     label: str,
     checkpoints: Checkpointing | None = None,
-) -> Fit:
+) -> Fit | None:
     """R restarts trained as one batched network, polished, the penalty chosen by the evidence
-    when asked; the best by the penalized training objective is the estimate."""
+    when asked; the best by the penalized training objective is the estimate (None in a DDP
+    process other than rank 0, whose part is Adam)."""
     t = cfg.trainer
 
     def make_module(seed: int) -> MDNModule:
@@ -426,6 +440,8 @@ def estimate(
             int(t.patience),
             float(t.get("min_delta", 0.0)),
             str(t.get("accelerator", "cpu")),
+            str(t.get("strategy", "auto")),
+            int(t.get("devices", 1)),
         ),
         float(t.lr),
         float(t.weight_decay),
@@ -433,8 +449,10 @@ def estimate(
         int(cfg.seed),
         estimation.polish,
         label,
-        checkpoints,
+        None if int(t.get("devices", 1)) > 1 else checkpoints,  # no resume under DDP
     )
+    if is_worker_process():
+        return None  # a DDP process's share of Adam is done; rank 0 does the rest
     metrics: dict[str, float] = {}
     penalty = estimation.penalty
     if estimation.select == "evidence":

@@ -116,7 +116,8 @@ def identified_flags(predictions: pd.DataFrame, z: float = IDENTIFIED_Z) -> pd.S
     )
     for _, group in frame.groupby("point"):
         estimate = group.pivot(index="template", columns="k", values="estimate")
-        se = group.pivot(index="template", columns="k", values="se_sandwich")
+        # float: without inference the SE column holds no numbers (object NaNs)
+        se = group.pivot(index="template", columns="k", values="se_sandwich").astype(float)
         n_components = estimate.shape[1]
         gap = np.abs(estimate.to_numpy()[:, :, None] - estimate.to_numpy()[:, None, :])
         noise = np.sqrt(se.to_numpy()[:, :, None] ** 2 + se.to_numpy()[:, None, :] ** 2)

@@ -46,6 +46,9 @@ class TrainerSettings:
     # Lightning's accelerator for the Adam phase (cpu | gpu | auto). The weights come back to
     # the CPU afterwards: the polish, the Hessian and the inference run there in float64.
     accelerator: str = "cpu"
+    # Lightning's strategy and processes: trainer=ddp sets ddp and 2 (mdnlab.distributed).
+    strategy: str = "auto"
+    devices: int = 1
 
 
 class MemberEarlyStopping(Callback):
@@ -166,7 +169,8 @@ def fit_adam(
     trainer = pl.Trainer(
         max_epochs=settings.max_epochs,
         accelerator=settings.accelerator,
-        devices=1,
+        devices=settings.devices,
+        strategy=settings.strategy,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from mdnlab.distributed import sum_over_processes
 from mdnlab.errors import TrainingError
 from mdnlab.estimation.members import BatchedMLP
 
@@ -138,22 +139,34 @@ class MemberEnsemble(pl.LightningModule):
         full = torch.full((self.n_members,), float("nan"), dtype=part.dtype, device=part.device)
         return full.index_put((index,), part)
 
+    def _shard(self, x, y, rows=None):
+        """Under DDP, this process's rows (every W-th from its rank) and the factor that makes
+        the mean of the processes' losses (DDP averages their gradients) the full-data one."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1 or self.stacked or rows is not None:
+            return x, y, 1.0
+        rank = self.trainer.global_rank
+        return x[rank::world], y[rank::world], x[rank::world].shape[0] * world / x.shape[0]
+
     def training_step(self, batch, batch_idx):
         x, y = batch[:2]
         rows = batch[2] if len(batch) > 2 else None
+        x, y, scale = self._shard(x, y, rows)
         nll = self._training_nll(x, y, rows)
         finite = torch.isfinite(nll)
-        if not bool(finite[self.training_mask].all()):
-            self._diverged(~finite & self.training_mask, "train")
+        # every process must see a divergence anywhere, or the others wait for it forever
+        bad = sum_over_processes((~finite & self.training_mask).to(torch.int64)) > 0
+        if bool(bad.any()):
+            self._diverged(bad, "train")
         keep = self.training_mask
-        loss = torch.where(keep, nll, torch.zeros_like(nll))
+        loss = torch.where(keep, nll * scale, torch.zeros_like(nll))
         self._accumulate("train", nll.detach(), x.shape[0])
         if self.penalty:
             loss = loss + torch.where(keep, self.penalty_terms(), torch.zeros_like(nll))
         return loss.sum()
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch[:2]
+        x, y, _ = self._shard(*batch[:2])
         nll = self._training_nll(x, y)
         self._accumulate("val", nll.detach(), x.shape[0])
 
@@ -176,7 +189,10 @@ class MemberEnsemble(pl.LightningModule):
         if stage not in self._sums:
             return None
         total, count = self._sums.pop(stage)
-        value = total / count
+        count = sum_over_processes(
+            torch.tensor(float(count), dtype=total.dtype, device=total.device)
+        )
+        value = sum_over_processes(total) / count
         self.epoch_history[stage].append([float(v) for v in value])
         return value
 

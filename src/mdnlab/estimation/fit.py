@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mdnlab.data.loaders import batch_loader
+from mdnlab.distributed import is_worker_process
 from mdnlab.estimation.adam import TrainerSettings, fit_adam
 from mdnlab.estimation.checkpoints import Checkpointing
 from mdnlab.estimation.ensemble import MemberEnsemble
@@ -114,6 +115,8 @@ def fit_members(
     train_loader = batch_loader(data.x_train, data.y_train, batch_size, loader_seed, row_dim)
     val_loader = batch_loader(data.x_val, data.y_val) if data.has_val else None
     adam = fit_adam(ensemble, train_loader, val_loader, trainer, label, checkpoints)
+    if is_worker_process():
+        return ensemble, []  # a DDP process other than rank 0: its part was Adam
 
     results = []
     with torch.no_grad():
