@@ -65,6 +65,7 @@ bench: setup
 	python benchmarks/replicates.py
 	python benchmarks/matrix_free.py --sizes 500 2000
 	python benchmarks/logging_cost.py
+	python benchmarks/portable_maths.py
 
 # The MLflow UI on the embedded store, after printing each experiment's runs-table URL.
 ui: setup
