@@ -105,24 +105,22 @@ def _sin_cos_reduced(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r * _horner(z, _SIN_TERMS), _horner(z, _COS_TERMS)
 
 
-def sin(x) -> np.ndarray:
+def _sin_or_cos(x, name: str, by_quadrant) -> np.ndarray:
     x = _float(x)
-    if np.any(np.abs(x[np.isfinite(x)]) > 1e5):
-        raise ValueError("portable.sin: arguments beyond 1e5 in magnitude are not supported")
-    r, q = _reduce_pio2(np.where(np.isfinite(x), x, 0.0))
+    finite = np.isfinite(x)
+    if np.any(np.abs(x[finite]) > 1e5):
+        raise ValueError(f"portable.{name}: arguments beyond 1e5 in magnitude are not supported")
+    r, q = _reduce_pio2(np.where(finite, x, 0.0))
     s, c = _sin_cos_reduced(r)
-    out = np.choose(q, [s, c, -s, -c])
-    return np.where(np.isfinite(x), out, np.nan)
+    return np.where(finite, np.choose(q, by_quadrant(s, c)), np.nan)
+
+
+def sin(x) -> np.ndarray:
+    return _sin_or_cos(x, "sin", lambda s, c: [s, c, -s, -c])
 
 
 def cos(x) -> np.ndarray:
-    x = _float(x)
-    if np.any(np.abs(x[np.isfinite(x)]) > 1e5):
-        raise ValueError("portable.cos: arguments beyond 1e5 in magnitude are not supported")
-    r, q = _reduce_pio2(np.where(np.isfinite(x), x, 0.0))
-    s, c = _sin_cos_reduced(r)
-    out = np.choose(q, [c, -s, -c, s])
-    return np.where(np.isfinite(x), out, np.nan)
+    return _sin_or_cos(x, "cos", lambda s, c: [c, -s, -c, s])
 
 
 def tanh(x) -> np.ndarray:
