@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data pipeline test test-fast lint bench ui mlflow-server ui-check clean lock
+.PHONY: setup data pipeline test test-fast lint bench doctor ui mlflow-server ui-check clean lock
 
 setup: $(STAMP)
 
@@ -66,6 +66,10 @@ bench: setup
 	python benchmarks/matrix_free.py --sizes 500 2000
 	python benchmarks/logging_cost.py
 	python benchmarks/portable_maths.py
+
+# Runs a SIGKILL left RUNNING (no live process): list them; DOCTOR_ARGS=--mark-killed ends them.
+doctor: setup
+	python -m mdnlab.doctor $(DOCTOR_ARGS)
 
 # The MLflow UI on the embedded store, after printing each experiment's runs-table URL.
 ui: setup

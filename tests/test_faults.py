@@ -89,3 +89,20 @@ def test_the_doctor_finds_and_ends_a_run_sigkill_left_running(tmp_path, tiny_csv
     assert client.get_run(run_id).info.status == "KILLED"
     assert doctor.main(["--tracking-uri", uri]) == 0
     assert "no stale RUNNING runs" in capsys.readouterr().out
+
+
+def test_the_doctor_answers_under_the_issue_s_name_too(tmp_path):
+    """``python -m mdnlab.tracking doctor`` is ``python -m mdnlab.doctor``."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-m", *module, "--tracking-uri", uri],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        for module in (["mdnlab.doctor"], ["mdnlab.tracking", "doctor"])
+    ]
+    assert [o.returncode for o in outputs] == [2, 2], outputs[1].stderr  # no store there yet
+    assert outputs[0].stderr == outputs[1].stderr
+    assert "no MLflow store at" in outputs[1].stderr and "Traceback" not in outputs[1].stderr

@@ -286,3 +286,14 @@ def dvc_out_hash(data_file: Path, root: Path = Path(".")) -> str | None:
         if target == out_path or out_path in target.parents:
             return out.get("md5")
     return None
+
+
+if __name__ == "__main__":
+    # `python -m mdnlab.tracking doctor [...]`, the name issue 12 gave: mdnlab.doctor's CLI.
+    import sys
+
+    if sys.argv[1:2] != ["doctor"]:
+        sys.exit("usage: python -m mdnlab.tracking doctor [--mark-killed] [--older-than HOURS]")
+    from mdnlab.doctor import main
+
+    sys.exit(main(sys.argv[2:]))
