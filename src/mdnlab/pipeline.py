@@ -99,12 +99,11 @@ def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
     data = SplitTensors.from_table(table, splits)
     module = build_module(cfg, table, data)  # to check the model and count its weights
     label = f"[{run_name(cfg)}] "
-    if is_worker_process():
-        configure_threads(cfg.get("threads", "auto"), data.size("train") * n_weights(module))
-        estimate(cfg, table, data, estimation, f"[{run_name(cfg)} ddp worker] ")
-        return {}
     work = data.size("train") * n_weights(module) * estimation.restarts
     threads = configure_threads(cfg.get("threads", "auto"), work)
+    if is_worker_process():
+        estimate(cfg, table, data, estimation, f"[{run_name(cfg)} ddp worker] ")
+        return {}
     x_points = prediction_points(cfg, table, data)
     if data.size("train") < n_weights(module):
         warn(

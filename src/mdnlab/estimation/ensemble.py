@@ -146,7 +146,8 @@ class MemberEnsemble(pl.LightningModule):
         if world == 1 or self.stacked or rows is not None:
             return x, y, 1.0
         rank = self.trainer.global_rank
-        return x[rank::world], y[rank::world], x[rank::world].shape[0] * world / x.shape[0]
+        x_own, y_own = x[rank::world], y[rank::world]
+        return x_own, y_own, x_own.shape[0] * world / x.shape[0]
 
     def training_step(self, batch, batch_idx):
         x, y = batch[:2]
