@@ -22,14 +22,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[data,dev,cluster,server]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[data,dev,cluster,server,bench]"
 	@touch $(STAMP)
 
 # Re-resolve the ranges in a scratch venv and write requirements.lock (then run make test).
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	.venv-lock/bin/python -m pip install --quiet -e ".[data,dev,cluster,server]"
+	.venv-lock/bin/python -m pip install --quiet -e ".[data,dev,cluster,server,bench]"
 	{ head -n 2 requirements.lock; .venv-lock/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
 

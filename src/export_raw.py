@@ -33,8 +33,13 @@ import yaml
 # MASS survey (237 rows with NAs in most columns) and carData Chile (vote, education, income have
 # NAs; only 1 natural discrete outcome): WVS is row-level, complete in every column, has a few
 # thousand rows, 2-3 classes per output and a few sensible predictors, so nothing is dropped.
+#
+# MASS Boston and modeldata concrete are two of the UCI regression benchmark's datasets, with
+# the same rows in the same order as its standard layout (src/prepare_uci.py writes that layout).
 RAW_DATASETS = {
     ("MASS", "mcycle"): "mcycle.csv",
+    ("MASS", "Boston"): "Boston.csv",
+    ("modeldata", "concrete"): "concrete.csv",
     ("MASS", "geyser"): "geyser.csv",
     ("datasets", "EuStockMarkets"): "EuStockMarkets.csv",
     ("carData", "BEPS"): "BEPS.csv",

@@ -128,7 +128,7 @@ def test_metrics_match_sklearn(n_classes):
     rng = np.random.default_rng(len(n_classes) + n_classes[0])
     family, raw, y = random_case(rng, n_classes, 2, n=200)
     mixture = family.mixture(torch.as_tensor(raw))
-    metrics = family.evaluation_metrics(mixture, torch.as_tensor(y))
+    metrics = family.evaluation_metrics(mixture, torch.as_tensor(y), None)
     out = family.quantities(mixture, IdentityScaler())
     suffix = (lambda d: "") if len(n_classes) == 1 else (lambda d: f"_{d}")
     assert sorted(metrics) == sorted(

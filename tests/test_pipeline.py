@@ -59,6 +59,7 @@ def test_dvc_repro_twice_on_tiny_params(tmp_path):
         "replicates": 2,
         "bootstrap": 3,
     } | budget
+    params["benchmark"] = {"datasets": ["boston"], "splits": 2}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     pipeline = yaml.safe_load((work / "dvc.yaml").read_text())
     kept = ("mcycle", "beps", "synth_mixture", "bishop", "synth_wishart")
@@ -104,6 +105,14 @@ def test_dvc_repro_twice_on_tiny_params(tmp_path):
             values["test/kl_to_truth"] > -3 * values["test/kl_to_truth_se"]
         )  # KL >= 0 up to noise
     assert (work / "plots" / "mcycle" / "conditional_density.png").is_file()
+    assert "Running stage 'benchmark@boston'" in first
+    bench = json.loads((work / "metrics" / "benchmark_boston.json").read_text())
+    assert bench["splits"] == 2
+    for fit in ("mdnlab", "ngboost"):  # Boston's test NLL is 2-4 nats for any sensible fit
+        assert 1.5 < bench[f"{fit}/nll_mean"] < 6.0
+    splits = (work / "plots" / "benchmark_boston" / "splits.csv").read_text().splitlines()
+    assert len(splits) == 3 and splits[0].startswith("split,n_train,n_val,n_test")
+    assert (work / "plots" / "benchmark_boston" / "nll_by_split.png").is_file()
 
     second = run("dvc", "repro")
     assert "Running stage" not in second

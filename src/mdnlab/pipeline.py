@@ -28,6 +28,7 @@ from mdnlab import plots, run_figures, tracking
 from mdnlab.config_checks import check_run_config
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
+from mdnlab.data.uci import read_uci, uci_dataset, uci_splits
 from mdnlab.description import NOTE_TAG, describe_run
 from mdnlab.diagnostics.calibration import calibrate
 from mdnlab.diagnostics.kl import kl_estimate, load_eval_sample, model_log_prob
@@ -83,12 +84,14 @@ class SplitTensors:
         return self.x[split].shape[0]
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, float]:
+    """One run; its local files go to ``out_dir`` (default: Hydra's run folder, or a new
+    temporary folder outside Hydra)."""
     with recorded_warnings() as warnings:
-        return _run(cfg, warnings)
+        return _run(cfg, warnings, out_dir)
 
 
-def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
+def _run(cfg: DictConfig, warnings: list[str], out_dir: Path | None = None) -> dict[str, float]:
     started = time.perf_counter()
     check_run_config(cfg)
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
@@ -116,7 +119,7 @@ def _run(cfg: DictConfig, warnings: list[str]) -> dict[str, float]:
         f"penalty {estimation.penalty:g}; {estimation.restarts} restart(s); {threads} thread(s)"
     )
 
-    out_dir = output_dir()
+    out_dir = out_dir or output_dir()
     artifacts = out_dir / "artifacts"
     if artifacts.exists():
         shutil.rmtree(artifacts)
@@ -282,6 +285,8 @@ def output_dir() -> Path:
 def load_data(cfg: DictConfig) -> tuple[Table, Splits]:
     d = cfg.data
     family = family_class(cfg.model.family)
+    if d.get("split") == "uci":
+        return load_uci(cfg)
     table = read_table(
         d.path,
         d.get("x_cols"),
@@ -298,6 +303,21 @@ def load_data(cfg: DictConfig) -> tuple[Table, Splits]:
         int(cfg.seed),
         table.source,
         strata=family.strata(table.y),
+    )
+    return table, splits
+
+
+def load_uci(cfg: DictConfig) -> tuple[Table, Splits]:
+    """A UCI benchmark dataset (``data=uci``) and split ``data.uci_split`` of its protocol;
+    ``data.path`` is set to the file read, so that the run records it."""
+    d = cfg.data
+    spec = uci_dataset(str(d.uci_name))
+    table = read_uci(d.uci_dir, spec.folder, int(d.get("min_rows", 10)))
+    d.path = table.source
+    family = family_class(cfg.model.family)
+    table.y = family.prepare_targets(table.y, table.source, table.y_names)
+    splits = uci_splits(
+        table.n_rows, d.uci_split, spec.splits, float(d.val_fraction), int(cfg.seed), table.source
     )
     return table, splits
 
@@ -502,7 +522,7 @@ def train_and_evaluate(
                     raise TrainingError(f"{split}/nll is {value} at the final weights")
                 metrics[f"{split}/nll"] = value
                 extra = module.family.evaluation_metrics(
-                    module.mixture(data.x[split]), module.y_scaler(data.y[split])
+                    module.mixture(data.x[split]), module.y_scaler(data.y[split]), module.y_scaler
                 )
                 metrics.update({f"{split}/{name}": v for name, v in extra.items()})
         ratio = module.family.scale_floor_ratio(module.mixture(data.x["train"]))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +87,18 @@ _active: SweepContext | None = None
 
 def active_sweep() -> SweepContext | None:
     return _active
+
+
+@contextmanager
+def sweep_context(context: SweepContext) -> Iterator[SweepContext]:
+    """Runs started in the block are children of ``context``'s parent runs (for a sweep that
+    is not Hydra's: the UCI benchmark's splits)."""
+    global _active
+    before, _active = _active, context
+    try:
+        yield context
+    finally:
+        _active = before
 
 
 def in_multirun() -> bool:

@@ -97,9 +97,10 @@ class Family(ABC):
         return None
 
     def evaluation_metrics(
-        self, mixture: MixtureSameFamily, y_standardised: torch.Tensor
+        self, mixture: MixtureSameFamily, y_standardised: torch.Tensor, scaler: nn.Module
     ) -> dict[str, float]:
-        """Metrics beyond the NLL for one split, unprefixed (``accuracy``)."""
+        """Metrics beyond the NLL for one split, unprefixed (``accuracy``); ``scaler`` maps
+        y back to its original units."""
         return {}
 
     def component_quantities(

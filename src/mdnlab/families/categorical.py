@@ -176,7 +176,7 @@ class CategoricalFamily(Family):
         return []
 
     def evaluation_metrics(
-        self, mixture: MixtureSameFamily, y_standardised: torch.Tensor
+        self, mixture: MixtureSameFamily, y_standardised: torch.Tensor, scaler=None
     ) -> dict[str, float]:
         """Per variable: ``accuracy`` (the most probable class is the observed one) and
         ``brier`` (mean over rows of sum_c (p_c - 1{y = c})^2, in [0, 2]), from the marginal

@@ -79,6 +79,18 @@ class GaussianFamily(Family):
                 out[f"cov[{i},{j}]"] = cov[:, i, j]
         return out
 
+    def evaluation_metrics(
+        self, mixture: MixtureSameFamily, y_standardised: torch.Tensor, scaler: AffineScaler
+    ) -> dict[str, float]:
+        """``rmse``: the root mean squared error of the mixture mean, original units (with
+        q > 1 outputs one per column, ``rmse_j``; MLflow metric names allow no brackets)."""
+        with torch.no_grad():
+            error = (mixture.mean - y_standardised) * scaler.scale  # the shift cancels
+            rmse = error.pow(2).mean(dim=0).sqrt()
+        if self.dim == 1:
+            return {"rmse": float(rmse[0])}
+        return {f"rmse_{j}": float(v) for j, v in enumerate(rmse)}
+
     def component_quantities(
         self, mixture: MixtureSameFamily, scaler: AffineScaler
     ) -> dict[str, torch.Tensor]:

@@ -1,0 +1,181 @@
+"""Fit every split of a UCI dataset with mdnlab's configuration and with the peer, on the
+same rows; write the per-split CSV, the summary, the figure, and one MLflow parent run per
+dataset with the splits' runs as its children.
+
+mdnlab's fits are ordinary runs (``python src/train.py data=uci data.uci_split=<i> ...``
+composed in this process): one configuration, the same for every split, nothing tuned on
+test rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mdnlab import tracking
+from mdnlab.benchmark.peers import fit_ngboost
+from mdnlab.benchmark.report import figure, summarize
+from mdnlab.data.uci import UciDataset, uci_dataset
+from mdnlab.interrupts import stopped_by_user
+from mdnlab.progress import say
+from mdnlab.sweep import ROLE_TAG, SWEEP_TAG, SweepContext, experiment_name, sweep_context
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+BENCHMARK_TAG = "mdnlab.benchmark"
+MC_DROPOUT_FILE = "mc_dropout_test_ll.txt"
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    uci_dir: Path
+    out_dir: Path  # splits.csv, summary.json, nll_by_split.png
+    splits: int | None = None  # None: the protocol's count (20; 5 for protein)
+    overrides: tuple[str, ...] = ()  # Hydra overrides for mdnlab's runs
+    peer: bool = True
+    tracking_uri: str | None = None
+
+
+def compose_config(spec: UciDataset, split: int, settings: BenchmarkSettings):
+    from hydra import compose, initialize_config_dir
+
+    overrides = [
+        "data=uci",
+        f"data.uci_dir={Path(settings.uci_dir).resolve()}",
+        f"data.uci_name={spec.short}",
+        f"data.uci_split={split}",
+        f"logger.run_name=uci_{spec.short}-split{split:02d}",
+        "rerun=true",
+    ]
+    if settings.tracking_uri:
+        overrides.append(f"logger.tracking_uri={settings.tracking_uri}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides + list(settings.overrides))
+
+
+def split_count(spec: UciDataset, asked: int | None) -> int:
+    return spec.splits if asked is None else max(1, min(int(asked), spec.splits))
+
+
+def run_dataset(name: str, settings: BenchmarkSettings) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Every split of one dataset; returns the per-split table and the summary."""
+    spec = uci_dataset(name)
+    n_splits = split_count(spec, settings.splits)
+    out_dir = Path(settings.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mc_dropout = published_splits(Path(settings.uci_dir) / spec.folder / MC_DROPOUT_FILE)
+    first = compose_config(spec, 0, settings)
+    uri = tracking.resolve_tracking_uri(first.logger.get("tracking_uri"))
+    client, experiment_id = tracking.prepare_experiment(uri, experiment_name(first))
+    sweep_id = hashlib.sha1(f"{out_dir.resolve()}:{uuid.uuid4()}".encode()).hexdigest()[:16]
+    parent = tracking.RunLog.start(
+        client,
+        experiment_id,
+        f"benchmark-{spec.short}",
+        {
+            SWEEP_TAG: sweep_id,
+            ROLE_TAG: "parent",
+            BENCHMARK_TAG: spec.short,
+            "benchmark.splits": str(n_splits),
+            "benchmark.overrides": " ".join(settings.overrides) or "(defaults)",
+            "benchmark.peer": "ngboost" if settings.peer else "none",
+            "git_commit": tracking.git_commit(),
+        },
+    )
+    context = SweepContext(sweep_id, out_dir.resolve(), uri, {experiment_id: parent.run_id})
+    say(
+        f"benchmark {spec.short}: {n_splits} split(s); MLflow parent run {parent.run_id} in "
+        f"experiment {experiment_name(first)!r} ({uri})"
+    )
+    started = time.perf_counter()
+    rows = []
+    try:
+        with sweep_context(context):
+            for split in range(n_splits):
+                row = fit_split(spec, split, settings)
+                row["mc_dropout_nll"] = mc_dropout[split] if split < len(mc_dropout) else np.nan
+                rows.append(row)
+                say(progress_line(spec.short, split, n_splits, row))
+        frame = pd.DataFrame(rows)
+        summary = summarize(frame)
+        summary["benchmark/seconds"] = time.perf_counter() - started
+        write_outputs(frame, summary, spec.short, out_dir)
+        parent.log_metrics(summary)
+        parent.log_artifacts(out_dir)
+    except BaseException as err:
+        parent.finish("KILLED" if stopped_by_user(err) else "FAILED")
+        raise
+    parent.finish("FINISHED")
+    return frame, summary
+
+
+def fit_split(spec: UciDataset, split: int, settings: BenchmarkSettings) -> dict[str, float]:
+    """mdnlab's run on one split (a child of the active sweep's parent), then the peer on the
+    same training, validation and test rows."""
+    from mdnlab.pipeline import load_data, run
+
+    cfg = compose_config(spec, split, settings)
+    with tempfile.TemporaryDirectory(prefix="mdnlab-uci-") as tmp:
+        metrics = run(cfg, out_dir=Path(tmp))
+    table, rows = load_data(cfg)
+    row = {
+        "split": split,
+        "n_train": rows.train.size,
+        "n_val": rows.val.size,
+        "n_test": rows.test.size,
+        **mdnlab_columns(metrics),
+    }
+    if settings.peer:
+        parts = [(table.x[r], table.y[r]) for r in (rows.train, rows.val, rows.test)]
+        peer = fit_ngboost(*parts[0], *parts[1], *parts[2], int(cfg.seed))
+        row |= {f"ngboost_{k}": v for k, v in vars(peer).items()}
+    return row
+
+
+def mdnlab_columns(metrics: dict[str, float]) -> dict[str, float]:
+    names = {
+        "nll": "test/nll",
+        "rmse": "test/rmse",
+        "coverage_90": "test/coverage_90",
+        "pit_ks": "test/pit_ks",
+        "val_nll": "val/nll",
+        "val_nll_before_polish": "val/nll_before_polish",
+        "grad_norm": "train/grad_norm",
+        "scale_floor_ratio": "train/scale_floor_ratio",
+        "penalty": "train/penalty",
+        "seconds": "run/seconds",
+    }
+    return {f"mdnlab_{k}": float(metrics.get(v, np.nan)) for k, v in names.items()}
+
+
+def progress_line(dataset: str, split: int, n_splits: int, row: dict) -> str:
+    text = (
+        f"benchmark {dataset} split {split + 1}/{n_splits}: mdnlab test NLL "
+        f"{row['mdnlab_nll']:.4f} ({row['mdnlab_seconds']:.0f} s)"
+    )
+    if "ngboost_nll" in row:
+        text += (
+            f", NGBoost {row['ngboost_nll']:.4f} ({row['ngboost_seconds']:.0f} s, "
+            f"{row['ngboost_rounds']} rounds)"
+        )
+    return text
+
+
+def published_splits(path: Path) -> list[float]:
+    """MC dropout's published per-split test NLL (the file holds log-likelihoods), if there."""
+    if not path.is_file():
+        return []
+    return [-float(line) for line in path.read_text().split()]
+
+
+def write_outputs(frame: pd.DataFrame, summary: dict[str, float], dataset: str, out_dir: Path):
+    frame.to_csv(out_dir / "splits.csv", index=False)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    figure(frame, dataset, out_dir / "nll_by_split.png")
