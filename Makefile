@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data pipeline test test-fast lint bench doctor ui mlflow-server ui-check clean lock
+.PHONY: setup data pipeline test test-fast lint bench uci-benchmark doctor ui mlflow-server ui-check clean lock
 
 setup: $(STAMP)
 
@@ -66,6 +66,13 @@ bench: setup
 	python benchmarks/matrix_free.py --sizes 500 2000
 	python benchmarks/logging_cost.py
 	python benchmarks/portable_maths.py
+
+# The UCI benchmark on all nine datasets at full size (docs/benchmark.md: hours on 2 cores), from a
+# folder in the standard layout: make uci-benchmark UCI_DIR=../shared/uci [UCI_ARGS="boston --splits 3"]
+UCI_DIR ?= ../shared/uci
+UCI_ARGS ?=
+uci-benchmark: setup
+	python benchmarks/uci.py $(UCI_DIR) $(UCI_ARGS)
 
 # Runs a SIGKILL left RUNNING (no live process): list them; DOCTOR_ARGS=--mark-killed ends them.
 doctor: setup

