@@ -51,6 +51,7 @@ def main() -> int:
         help="a Hydra override for mdnlab's runs (repeatable)",
     )
     parser.add_argument("--no-peer", action="store_true", help="fit mdnlab only")
+    parser.add_argument("--jobs", type=int, default=1, help="splits fitted at once (processes)")
     parser.add_argument(
         "--report-only", action="store_true", help="print the table of earlier runs in --out"
     )
@@ -65,6 +66,7 @@ def main() -> int:
                     args.splits,
                     tuple(args.overrides),
                     not args.no_peer,
+                    jobs=args.jobs,
                 )
                 run_dataset(name, settings)
     except MdnlabError as err:

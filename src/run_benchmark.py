@@ -18,13 +18,17 @@ def main() -> int:
     parser.add_argument("name")
     parser.add_argument("--uci-dir", type=Path, default=Path("data/uci"))
     parser.add_argument("--splits", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="splits fitted at once (processes)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for mdnlab's runs")
     args = parser.parse_intermixed_args()
     try:
         _, summary = run_dataset(
-            args.name, BenchmarkSettings(args.uci_dir, args.out, args.splits, tuple(args.overrides))
+            args.name,
+            BenchmarkSettings(
+                args.uci_dir, args.out, args.splits, tuple(args.overrides), jobs=args.jobs
+            ),
         )
     except MdnlabError as err:
         print(f"error: {err}", file=sys.stderr)

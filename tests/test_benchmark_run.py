@@ -15,8 +15,8 @@ from sklearn.tree import DecisionTreeRegressor
 from test_uci import recipe_splits
 
 from mdnlab.benchmark.peers import NGBoostSettings
-from mdnlab.benchmark.runner import BenchmarkSettings, run_dataset
-from mdnlab.data.uci import write_layout
+from mdnlab.benchmark.runner import BenchmarkSettings, fit_split, run_dataset
+from mdnlab.data.uci import uci_dataset, write_layout
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +36,8 @@ def test_two_boston_splits_with_the_peer_on_the_same_rows(tmp_path):
     write_layout(REPO / "data" / "raw" / "Boston.csv", uci, "boston")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "out"
-    frame, summary = run_dataset(
-        "boston", BenchmarkSettings(uci, out, splits=2, overrides=QUICK, tracking_uri=uri)
-    )
+    settings = BenchmarkSettings(uci, out, splits=2, overrides=QUICK, tracking_uri=uri, jobs=2)
+    frame, summary = run_dataset("boston", settings)  # the two splits in two processes
     assert list(frame["split"]) == [0, 1]
     assert list(frame["n_test"]) == [51, 51]
     assert list(frame["n_train"] + frame["n_val"]) == [455, 455]
@@ -88,6 +87,11 @@ def test_two_boston_splits_with_the_peer_on_the_same_rows(tmp_path):
     params = model.pred_dist(x[rows.test], max_iter=model.best_val_loss_itr + 1).params
     nll = -stats.norm.logpdf(y[rows.test], params["loc"], params["scale"]).mean()
     assert frame["ngboost_nll"][0] == pytest.approx(nll, rel=1e-12)
+
+    # A split fitted here, in this process and outside the benchmark, gives the same numbers.
+    alone = fit_split(uci_dataset("boston"), 1, settings)
+    for key in ("mdnlab_nll", "mdnlab_rmse", "ngboost_nll", "ngboost_rounds"):
+        assert alone[key] == frame[key][1]
 
     assert (out / "nll_by_split.png").stat().st_size > 10_000
     written = json.loads((out / "summary.json").read_text())

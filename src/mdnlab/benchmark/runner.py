@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,7 @@ class BenchmarkSettings:
     overrides: tuple[str, ...] = ()  # Hydra overrides for mdnlab's runs
     peer: bool = True
     tracking_uri: str | None = None
+    jobs: int = 1  # splits fitted at once, each in a process of its own
 
 
 def compose_config(spec: UciDataset, split: int, settings: BenchmarkSettings):
@@ -56,6 +61,8 @@ def compose_config(spec: UciDataset, split: int, settings: BenchmarkSettings):
     ]
     if settings.tracking_uri:
         overrides.append(f"logger.tracking_uri={settings.tracking_uri}")
+    if settings.jobs > 1:  # each process its share of the cores (runs' own threads=... win)
+        overrides.append(f"threads={max(1, available_cores() // settings.jobs)}")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=overrides + list(settings.overrides))
 
@@ -97,12 +104,10 @@ def run_dataset(name: str, settings: BenchmarkSettings) -> tuple[pd.DataFrame, d
     started = time.perf_counter()
     rows = []
     try:
-        with sweep_context(context):
-            for split in range(n_splits):
-                row = fit_split(spec, split, settings)
-                row["mc_dropout_nll"] = mc_dropout[split] if split < len(mc_dropout) else np.nan
-                rows.append(row)
-                say(progress_line(spec.short, split, n_splits, row))
+        for split, row in enumerate(fitted_splits(spec, n_splits, settings, context)):
+            row["mc_dropout_nll"] = mc_dropout[split] if split < len(mc_dropout) else np.nan
+            rows.append(row)
+            say(progress_line(spec.short, split, n_splits, row))
         frame = pd.DataFrame(rows)
         summary = summarize(frame)
         summary["benchmark/seconds"] = time.perf_counter() - started
@@ -114,6 +119,35 @@ def run_dataset(name: str, settings: BenchmarkSettings) -> tuple[pd.DataFrame, d
         raise
     parent.finish("FINISHED")
     return frame, summary
+
+
+def fitted_splits(
+    spec: UciDataset, n_splits: int, settings: BenchmarkSettings, context: SweepContext
+) -> Iterator[dict[str, float]]:
+    """Each split's row, in split order; with ``settings.jobs`` > 1 the splits are fitted in
+    that many processes (the numbers do not depend on which process fits a split)."""
+    if settings.jobs <= 1:
+        with sweep_context(context):
+            for split in range(n_splits):
+                yield fit_split(spec, split, settings)
+        return
+    spawn = multiprocessing.get_context("spawn")  # no torch or MLflow state inherited
+    with ProcessPoolExecutor(settings.jobs, mp_context=spawn) as pool:
+        futures = [
+            pool.submit(_fit_split_in_child, context, spec, split, settings)
+            for split in range(n_splits)
+        ]
+        for future in futures:
+            yield future.result()
+
+
+def _fit_split_in_child(context, spec, split, settings) -> dict[str, float]:
+    with sweep_context(context):
+        return fit_split(spec, split, settings)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def fit_split(spec: UciDataset, split: int, settings: BenchmarkSettings) -> dict[str, float]:
