@@ -51,6 +51,10 @@ class MDNModule(pl.LightningModule):
         self.y_scaler = self.family.make_scaler()
         self.double()
         self.epoch_history: dict[str, list[float]] = {"train/nll_epoch": [], "val/nll_epoch": []}
+        # The scale penalty's weight per row, train.scale_penalty / n_train, for the curvature
+        # of the training objective (``objective_log_prob``); 0: none. Not a hyperparameter: the
+        # step that evaluates the objective sets it.
+        self.scale_weight = 0.0
         self._epoch_sums: dict[str, list] = {}
 
     # --- the model ---------------------------------------------------------------------------
@@ -61,6 +65,21 @@ class MDNModule(pl.LightningModule):
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log q(y | x) per sample, in nats, in the original units of y."""
         return self.mixture(x).log_prob(self.y_scaler(y)) + self.y_scaler.log_abs_det_jacobian()
+
+    def objective_log_prob(
+        self, x: torch.Tensor, y: torch.Tensor, scale_weight: float | None = None
+    ) -> torch.Tensor:
+        """Minus each row's term of the training objective's data part: log q(y | x) less the
+        row's share of the scale penalty, ``scale_weight`` (default: the module's) times the
+        penalty at x; log q itself when the weight is 0. One pass through the network, as the
+        inference's hooks expect."""
+        weight = self.scale_weight if scale_weight is None else scale_weight
+        raw = self.net(self.x_scaler(x))
+        log_q = self.family.mixture(raw).log_prob(self.y_scaler(y))
+        log_q = log_q + self.y_scaler.log_abs_det_jacobian()
+        if not weight:
+            return log_q
+        return log_q - weight * self.family.scale_penalty(raw)
 
     def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood, nats per sample, original units."""

@@ -393,6 +393,7 @@ class Estimation:
     select: str
     restarts: int
     polish: PolishSettings
+    scale_penalty: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Estimation:
@@ -408,6 +409,18 @@ class Estimation:
                 "train.penalty_select=evidence needs a starting train.penalty > 0 (the evidence "
                 "of an improper flat prior is not defined)"
             )
+        scale_penalty = check_penalty(t.get("scale_penalty", 0.0), "train.scale_penalty")
+        family = family_class(cfg.model.family)
+        if scale_penalty and not family.supports_scale_penalty():
+            raise ConfigError(
+                f"train.scale_penalty={scale_penalty:g}: the {cfg.model.family} family has no "
+                "scale penalty yet; use 0"
+            )
+        if scale_penalty and select == "evidence":
+            raise ConfigError(
+                "train.penalty_select=evidence with train.scale_penalty > 0: the evidence of the "
+                "scale prior is not implemented; use train.scale_penalty=0 or penalty_select=none"
+            )
         restarts = t.get("restarts", 1)
         if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
             raise ConfigError(f"train.restarts must be a positive integer, got {restarts!r}")
@@ -417,7 +430,7 @@ class Estimation:
             int(t.polish_max_iter),
             int(t.get("newton_max_params", 300)),
         )
-        return cls(penalty, select, restarts, polish)
+        return cls(penalty, select, restarts, polish, scale_penalty)
 
 
 @dataclass
@@ -431,6 +444,7 @@ class Fit:
     best: MemberResult
     penalty: float
     ordering: OrderingReport | None = None
+    scale_penalty: float = 0.0
 
 
 def estimate(
@@ -471,6 +485,7 @@ def estimate(
         estimation.polish,
         label,
         None if int(t.get("devices", 1)) > 1 else checkpoints,  # no resume under DDP
+        estimation.scale_penalty,
     )
     if is_worker_process():
         return None  # a DDP process's share of Adam is done; rank 0 does the rest
@@ -496,6 +511,14 @@ def estimate(
             "train/objective": best.objective,
             "train/penalty": penalty,
             "train/penalty_term": best.penalty_term,
+            **(
+                {
+                    "train/scale_penalty": estimation.scale_penalty,
+                    "train/scale_penalty_term": best.scale_term,
+                }
+                if estimation.scale_penalty
+                else {}
+            ),
             "train/weight_norm": float(
                 torch.sqrt(sum(p.detach().pow(2).sum() for p in module.net.parameters()))
             ),
@@ -508,7 +531,10 @@ def estimate(
             f"{label}the polish stopped at max|grad| {best.grad_max:.2e} > "
             f"train.polish_tol {estimation.polish.tol:g}; standard errors assume a converged fit"
         )
-    return Fit(module, metrics, best.history, members, best, penalty, ordering)
+    module.scale_weight = estimation.scale_penalty / fit_data.n_train
+    return Fit(
+        module, metrics, best.history, members, best, penalty, ordering, estimation.scale_penalty
+    )
 
 
 def train_and_evaluate(
@@ -629,6 +655,8 @@ def infer(
     settings = cfg.inference
     if not settings.get("enabled", True):
         return None
+    # the curvature and scores of the training objective, the scale penalty's terms included
+    module.scale_weight = float(cfg.train.get("scale_penalty", 0.0)) / data.size("train")
     n_params = FlatModel(module, str(settings.params)).n_params
     inputs = (module, data.x["train"], data.y["train"], x_points)
     shared = {

@@ -107,6 +107,7 @@ def run_dataset(name: str, settings: BenchmarkSettings) -> tuple[pd.DataFrame, d
         for split, row in enumerate(fitted_splits(spec, n_splits, settings, context)):
             row["mc_dropout_nll"] = mc_dropout[split] if split < len(mc_dropout) else np.nan
             rows.append(row)
+            pd.DataFrame(rows).to_csv(out_dir / "splits.csv", index=False)  # so far, if cut off
             say(progress_line(spec.short, split, n_splits, row))
         frame = pd.DataFrame(rows)
         summary = summarize(frame)

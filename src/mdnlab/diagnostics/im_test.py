@@ -217,7 +217,7 @@ def _out_derivatives(module):
     def log_q(o, xi, yi):
         handle = module.net.register_forward_hook(lambda _m, _a, _out: o[None])
         try:
-            return module.log_prob(xi[None], yi[None])[0]
+            return module.objective_log_prob(xi[None], yi[None])[0]
         finally:
             handle.remove()
 

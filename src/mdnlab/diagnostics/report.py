@@ -249,7 +249,14 @@ def information_matrix_test(
     if settings.im_bootstrap > 0:
         targets = simulate_targets(module, x, settings.im_bootstrap, seed)
         refits = refit_on_targets(
-            module, x, targets, fit.penalty, tol=tol, max_iter=max_iter, label=label
+            module,
+            x,
+            targets,
+            fit.penalty,
+            tol=tol,
+            max_iter=max_iter,
+            label=label,
+            scale_penalty=fit.scale_penalty,
         )
         rows = []
         for b, (refit, converged) in enumerate(zip(refits.modules, refits.converged, strict=True)):

@@ -30,6 +30,7 @@ class MemberEnsemble(pl.LightningModule):
         weight_decay: float = 0.0,
         row_weights: torch.Tensor | None = None,
         stacked: bool = False,
+        scale_penalty: float = 0.0,
     ):
         super().__init__()
         # The template MDNModule lends its family and fitted scalers; it is not trained here.
@@ -37,6 +38,7 @@ class MemberEnsemble(pl.LightningModule):
         self.x_scaler, self.y_scaler = template.x_scaler, template.y_scaler
         self.members = members
         self.n_train, self.penalty = int(n_train), float(penalty)
+        self.scale_penalty = float(scale_penalty)  # c of (c / n) mean_i s(x_i)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.row_weights = row_weights  # (R, n_train) or None: every row counts once
         self.stacked = bool(stacked)  # True: x (R, n, d), y (R, n, *event), member r's own rows
@@ -95,6 +97,11 @@ class MemberEnsemble(pl.LightningModule):
     def log_prob(self, x: torch.Tensor, y: torch.Tensor, theta=None, members=None) -> torch.Tensor:
         """(R, n) log q_r(y_i | x_i) in nats, original units of y (at ``theta`` (M, P) if given,
         the parameters of the members listed in ``members``: their own rows when stacked)."""
+        return self.row_terms(x, y, theta, members)[0]
+
+    def row_terms(self, x, y, theta=None, members=None, scale: bool = False):
+        """(R, n) log q_r(y_i | x_i) and, with ``scale``, the (R, n) scale penalty s_r(x_i)
+        (else None), from one pass through the members."""
         x, y = self.rows_of(x, y, members)
         raw = self.members(self.x_scaler(x), theta)  # (R, n, n_raw)
         r, n = raw.shape[:2]
@@ -103,15 +110,29 @@ class MemberEnsemble(pl.LightningModule):
             y_rep = y_s.reshape(r * n, *y_s.shape[2:])
         else:
             y_rep = y_s.expand(r, *y_s.shape).reshape(r * n, *y_s.shape[1:])
-        log_q = self.family.mixture(raw.reshape(r * n, -1)).log_prob(y_rep).reshape(r, n)
-        return log_q + self.y_scaler.log_abs_det_jacobian()
+        raw = raw.reshape(r * n, -1)
+        log_q = self.family.mixture(raw).log_prob(y_rep).reshape(r, n)
+        penalty = self.family.scale_penalty(raw).reshape(r, n) if scale else None
+        return log_q + self.y_scaler.log_abs_det_jacobian(), penalty
+
+    @staticmethod
+    def row_mean(values: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(R,) mean over rows of (R, n) values; with ``rows`` (R, n) weights, a weighted mean."""
+        if rows is None:
+            return values.mean(dim=1)
+        return (values * rows).sum(dim=1) / rows.sum(dim=1)
+
+    def data_terms(self, x, y, rows=None, theta=None, members=None):
+        """(R,) mean NLL and (R,) scale-penalty term (c / n) mean_i s(x_i) (None when c = 0)."""
+        log_q, scale = self.row_terms(x, y, theta, members, scale=bool(self.scale_penalty))
+        nll = -self.row_mean(log_q, rows)
+        if scale is None:
+            return nll, None
+        return nll, self.scale_penalty / self.n_train * self.row_mean(scale, rows)
 
     def nll(self, x, y, rows=None, theta=None, members=None) -> torch.Tensor:
         """(R,) mean NLL of each member; with ``rows`` (R, n) weights, a weighted mean."""
-        log_q = self.log_prob(x, y, theta, members)
-        if rows is None:
-            return -log_q.mean(dim=1)
-        return -(log_q * rows).sum(dim=1) / rows.sum(dim=1)
+        return -self.row_mean(self.log_prob(x, y, theta, members), rows)
 
     def penalty_terms(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """(R,) lambda / (2 n_train) * |theta_r|^2."""
@@ -124,20 +145,25 @@ class MemberEnsemble(pl.LightningModule):
         rows = self.row_weights
         if rows is not None and members is not None:
             rows = rows[members]
-        value = self.nll(x, y, rows, theta, members)
+        value, scale = self.data_terms(x, y, rows, theta, members)
+        if scale is not None:
+            value = value + scale
         return value + self.penalty_terms(theta) if self.penalty else value
 
     # --- Lightning -----------------------------------------------------------------------------
-    def _training_nll(self, x, y, rows=None) -> torch.Tensor:
-        """(R,) mean NLL of the members still training; NaN for the others."""
+    def _training_nll(self, x, y, rows=None):
+        """(R,) mean NLL of the members still training, NaN for the others, and their (R,)
+        scale-penalty terms (0 for the others; None when there is no scale penalty)."""
         if bool(self.training_mask.all()):
-            return self.nll(x, y, rows)
+            return self.data_terms(x, y, rows)
         index = torch.nonzero(self.training_mask).flatten()
-        part = self.nll(
+        part, scale = self.data_terms(
             x, y, None if rows is None else rows[index], self.members.flat()[index], index
         )
         full = torch.full((self.n_members,), float("nan"), dtype=part.dtype, device=part.device)
-        return full.index_put((index,), part)
+        if scale is not None:
+            scale = torch.zeros_like(full).index_put((index,), scale)
+        return full.index_put((index,), part), scale
 
     def _shard(self, x, y, rows=None):
         """Under DDP, this process's rows (every W-th from its rank) and the factor that makes
@@ -153,7 +179,7 @@ class MemberEnsemble(pl.LightningModule):
         x, y = batch[:2]
         rows = batch[2] if len(batch) > 2 else None
         x, y, scale = self._shard(x, y, rows)
-        nll = self._training_nll(x, y, rows)
+        nll, scale_terms = self._training_nll(x, y, rows)
         finite = torch.isfinite(nll)
         # every process must see a divergence anywhere, or the others wait for it forever
         bad = sum_over_processes((~finite & self.training_mask).to(torch.int64)) > 0
@@ -164,11 +190,13 @@ class MemberEnsemble(pl.LightningModule):
         self._accumulate("train", nll.detach(), x.shape[0])
         if self.penalty:
             loss = loss + torch.where(keep, self.penalty_terms(), torch.zeros_like(nll))
+        if scale_terms is not None:
+            loss = loss + torch.where(keep, scale_terms * scale, torch.zeros_like(nll))
         return loss.sum()
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = self._shard(*batch[:2])
-        nll = self._training_nll(x, y)
+        nll = self._training_nll(x, y)[0]
         self._accumulate("val", nll.detach(), x.shape[0])
 
     def _diverged(self, bad: torch.Tensor, stage: str) -> None:

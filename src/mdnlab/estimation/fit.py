@@ -69,7 +69,8 @@ class MemberResult:
     val_nll_before_polish: float = float("nan")
     objective: float = float("nan")  # penalized training objective at the final weights
     nll: float = float("nan")  # mean training NLL
-    penalty_term: float = float("nan")
+    penalty_term: float = float("nan")  # the ridge penalty's part of the objective
+    scale_term: float = 0.0  # the scale penalty's part
     grad_max: float = float("nan")  # largest |entry| of the objective's gradient
     converged: bool = False
     polish_iterations: int = 0
@@ -98,11 +99,19 @@ def fit_members(
     polish: PolishSettings = PolishSettings(),
     label: str = "",
     checkpoints: Checkpointing | None = None,
+    scale_penalty: float = 0.0,
 ) -> tuple[MemberEnsemble, list[MemberResult]]:
     modules = [make_module(s) for s in seeds]
     members = BatchedMLP.from_members([m.net for m in modules])
     ensemble = MemberEnsemble(
-        modules[0], members, data.n_train, penalty, lr, weight_decay, stacked=data.stacked
+        modules[0],
+        members,
+        data.n_train,
+        penalty,
+        lr,
+        weight_decay,
+        stacked=data.stacked,
+        scale_penalty=scale_penalty,
     )
     if data.stacked and data.x_train.shape[0] != len(seeds):
         raise ValueError(
@@ -176,7 +185,7 @@ def polish_members(
             x_r, y_r = (x[r], y[r]) if data.stacked else (x, y)
             finish = newton_polish(
                 lambda module=module, x_r=x_r, y_r=y_r: objective(
-                    module, x_r, y_r, ensemble.penalty
+                    module, x_r, y_r, ensemble.penalty, ensemble.scale_penalty
                 ),
                 list(module.net.parameters()),
                 settings.tol,
@@ -190,13 +199,14 @@ def polish_members(
         iterations = [0] * len(results)
     values, gradient = value_and_grad(fn, members.flat())
     with torch.no_grad():
-        nll = ensemble.nll(x, y)
+        nll, scale = ensemble.data_terms(x, y)
         val = ensemble.nll(data.x_val, data.y_val) if data.has_val else None
     for r, result in enumerate(results):
         members.copy_member_into(r, result.module.net)
         result.objective = float(values[r])
         result.nll = float(nll[r])
-        result.penalty_term = float(values[r] - nll[r])
+        result.scale_term = 0.0 if scale is None else float(scale[r])
+        result.penalty_term = float(values[r] - nll[r]) - result.scale_term
         result.grad_max = float(gradient[r].abs().max())
         result.converged = settings.enabled and result.grad_max <= settings.tol
         result.polish_iterations = iterations[r]

@@ -43,8 +43,9 @@ def refit_on_targets(
     tol: float = 1e-6,
     max_iter: int = 5000,
     label: str = "",
+    scale_penalty: float = 0.0,
 ) -> Refits:
-    """Polish B copies of ``module`` on (x, targets[b]) at the penalty it was fitted with."""
+    """Polish B copies of ``module`` on (x, targets[b]) at the penalties it was fitted with."""
     count, n = targets.shape[:2]
     members = BatchedMLP.from_members([module.net] * count)
     x_s = module.x_scaler(x)
@@ -55,10 +56,11 @@ def refit_on_targets(
         raw = members(x_s, theta)  # (M, n, n_raw)
         chosen = y_s if index is None else y_s[index]
         m = raw.shape[0]
-        log_q = family.mixture(raw.reshape(m * n, -1)).log_prob(
-            chosen.reshape(m * n, *chosen.shape[2:])
-        )
+        raw = raw.reshape(m * n, -1)
+        log_q = family.mixture(raw).log_prob(chosen.reshape(m * n, *chosen.shape[2:]))
         nll = -(log_q.reshape(m, n) + jacobian).mean(dim=1)
+        if scale_penalty:
+            nll = nll + scale_penalty / n * family.scale_penalty(raw).reshape(m, n).mean(dim=1)
         return nll + penalty / (2.0 * n) * theta.pow(2).sum(dim=1)
 
     return polish_copies(module, members, objective, tol, max_iter, label)

@@ -116,6 +116,17 @@ class Family(ABC):
         """What this family's parameterisation leaves unidentified whatever the data."""
         return []
 
+    def scale_penalty(self, raw: torch.Tensor) -> torch.Tensor:
+        """Per row (batch,) of raw head outputs (batch, n_raw_outputs): the penalty on the
+        component scales at that row's x (``train.scale_penalty``; docs/estimation.md), in
+        standardised units, 0 at its minimum. Families without one raise ``NotImplementedError``
+        (the run's config check says so first)."""
+        raise NotImplementedError(f"the {self.name} family has no scale penalty yet")
+
+    @classmethod
+    def supports_scale_penalty(cls) -> bool:
+        return cls.scale_penalty is not Family.scale_penalty
+
     # --- the shared path ---------------------------------------------------------------------
     @property
     def n_raw_outputs(self) -> int:

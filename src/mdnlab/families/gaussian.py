@@ -46,15 +46,40 @@ class GaussianFamily(Family):
         return 2 * q + (q * (q - 1) // 2 if self.full else 0)
 
     def component_distribution(self, raw: torch.Tensor):
+        loc, diag, scale_tril = self._scales(raw)
+        if scale_tril is None:
+            return Independent(Normal(loc, diag, validate_args=False), 1, validate_args=False)
+        return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
+
+    def _scales(self, raw: torch.Tensor):
+        """(loc, diagonal of L, L or None for diagonal covariances) of raw (..., K, params)."""
         q = self.dim
-        loc = raw[..., :q]
         diag = softplus(raw[..., q : 2 * q]) + self.min_scale
         if not self.full:
-            return Independent(Normal(loc, diag, validate_args=False), 1, validate_args=False)
+            return raw[..., :q], diag, None
         lower = raw.new_zeros(*raw.shape[:-1], q, q)
         lower[..., self._tril[0], self._tril[1]] = raw[..., 2 * q :]
-        scale_tril = lower + torch.diag_embed(diag)
-        return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
+        return raw[..., :q], diag, lower + torch.diag_embed(diag)
+
+    def scale_penalty(self, raw: torch.Tensor) -> torch.Tensor:
+        """sum_k [tr(Sigma_k^-1) + log det Sigma_k - q] at each row's x: minus the log of an
+        inverse-Wishart density on each component covariance with the identity (the marginal
+        scale of the standardised y) as its reference, up to a constant (Chen, Tan & Zhang
+        2008; mclust's conjugate prior). It grows without bound as any Sigma_k(x) shrinks to a
+        point, which bounds the penalized likelihood below; it is 0 at Sigma_k = I."""
+        k = self.n_components
+        components = raw[:, k - 1 :].reshape(raw.shape[0], k, -1)
+        _, diag, scale_tril = self._scales(components)
+        log_det = 2.0 * diag.log().sum(dim=-1)
+        if scale_tril is None:
+            trace = diag.pow(-2).sum(dim=-1)
+        else:
+            eye = torch.eye(self.dim, dtype=raw.dtype, device=raw.device)
+            inverse = torch.linalg.solve_triangular(
+                scale_tril, eye.expand_as(scale_tril), upper=False
+            )
+            trace = inverse.pow(2).sum(dim=(-2, -1))  # tr(L^-T L^-1) = |L^-1|_F^2
+        return (trace + log_det - self.dim).sum(dim=-1)
 
     def scale_floor_ratio(self, mixture: MixtureSameFamily) -> float:
         components = mixture.component_distribution

@@ -1,7 +1,7 @@
 """The fitted model as a function of one flat parameter vector theta (float64).
 
 Everything the inference step differentiates (per-sample log-likelihoods, predicted
-quantities) goes through here, so it works for every family through ``MDNModule.log_prob``
+quantities) goes through here, so it works for every family through ``MDNModule.objective_log_prob``
 and ``MDNModule.quantities`` alone.
 """
 
@@ -65,8 +65,10 @@ class FlatModel:
         return state
 
     def log_prob(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log q(y_i | x_i; theta), shape (n,)."""
-        return functional_call(_Call(self.module, "log_prob"), self._state(theta), (x, y))
+        """log q(y_i | x_i; theta), shape (n,), less row i's share of the scale penalty when the
+        module has one (``MDNModule.objective_log_prob``): minus the per-row terms of the
+        training objective, whose curvature and scores the inference needs."""
+        return functional_call(_Call(self.module, "objective_log_prob"), self._state(theta), (x, y))
 
     def quantities(self, theta: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return functional_call(_Call(self.module, "quantities"), self._state(theta), (x,))

@@ -117,7 +117,9 @@ def _head_terms(flat: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.
         with torch.enable_grad():
             from torch.func import functional_call
 
-            log_q = functional_call(_Call(flat.module, "log_prob"), flat._state(theta), (x, y))
+            log_q = functional_call(
+                _Call(flat.module, "objective_log_prob"), flat._state(theta), (x, y)
+            )
             if len(seen["o"]) != 1:
                 return None
             o = seen["o"][0]
