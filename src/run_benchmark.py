@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def main() -> int:
-    from mdnlab.benchmark.runner import BenchmarkSettings, run_dataset
+    from mdnlab.benchmark.runner import BenchmarkSettings, is_timing, run_dataset
     from mdnlab.errors import MdnlabError
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -27,13 +27,18 @@ def main() -> int:
         _, summary = run_dataset(
             args.name,
             BenchmarkSettings(
-                args.uci_dir, args.out, args.splits, tuple(args.overrides), jobs=args.jobs
+                args.uci_dir,
+                args.out,
+                args.splits,
+                tuple(args.overrides),
+                jobs=args.jobs,
+                timings=False,  # DVC outputs: the same bytes on every run
             ),
         )
     except MdnlabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    stable = {k: v for k, v in summary.items() if not k.endswith("seconds") and "seconds_" not in k}
+    stable = {k: v for k, v in summary.items() if not is_timing(k)}
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(stable, indent=2, sort_keys=True) + "\n")
     return 0

@@ -87,3 +87,19 @@ def test_gaussian_rmse_is_that_of_the_mixture_mean_in_original_units(dim):
     names = ["rmse"] if dim == 1 else [f"rmse_{j}" for j in range(dim)]
     assert list(got) == names
     np.testing.assert_allclose([got[k] for k in names], want, rtol=1e-12)
+
+
+def test_outputs_for_dvc_leave_the_timings_out(tmp_path):
+    import json
+
+    from mdnlab.benchmark.runner import write_outputs
+
+    f = frame(np.random.default_rng(2), n=3)
+    summary = summarize(f) | {"benchmark/seconds": 12.0}
+    write_outputs(f, summary, "boston", tmp_path, timings=False)
+    written = pd.read_csv(tmp_path / "splits.csv")
+    assert "mdnlab_seconds" not in written and "mdnlab_nll" in written
+    kept = json.loads((tmp_path / "summary.json").read_text())
+    assert not any("seconds" in k for k in kept) and "mdnlab/nll_mean" in kept
+    write_outputs(f, summary, "boston", tmp_path, timings=True)
+    assert "ngboost_seconds" in pd.read_csv(tmp_path / "splits.csv")

@@ -46,6 +46,9 @@ class BenchmarkSettings:
     peer: bool = True
     tracking_uri: str | None = None
     jobs: int = 1  # splits fitted at once, each in a process of its own
+    # Timings in splits.csv and summary.json; False for outputs that must be the same bytes
+    # on every run (the DVC stages': timings stay in MLflow).
+    timings: bool = True
 
 
 def compose_config(spec: UciDataset, split: int, settings: BenchmarkSettings):
@@ -107,12 +110,12 @@ def run_dataset(name: str, settings: BenchmarkSettings) -> tuple[pd.DataFrame, d
         for split, row in enumerate(fitted_splits(spec, n_splits, settings, context)):
             row["mc_dropout_nll"] = mc_dropout[split] if split < len(mc_dropout) else np.nan
             rows.append(row)
-            pd.DataFrame(rows).to_csv(out_dir / "splits.csv", index=False)  # so far, if cut off
+            write_splits(pd.DataFrame(rows), out_dir, settings.timings)  # so far, if cut off
             say(progress_line(spec.short, split, n_splits, row))
         frame = pd.DataFrame(rows)
         summary = summarize(frame)
         summary["benchmark/seconds"] = time.perf_counter() - started
-        write_outputs(frame, summary, spec.short, out_dir)
+        write_outputs(frame, summary, spec.short, out_dir, settings.timings)
         parent.log_metrics(summary)
         parent.log_artifacts(out_dir)
     except BaseException as err:
@@ -210,7 +213,23 @@ def published_splits(path: Path) -> list[float]:
     return [-float(line) for line in path.read_text().split()]
 
 
-def write_outputs(frame: pd.DataFrame, summary: dict[str, float], dataset: str, out_dir: Path):
-    frame.to_csv(out_dir / "splits.csv", index=False)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+def is_timing(name: str) -> bool:
+    return name.endswith("seconds") or "seconds_" in name
+
+
+def write_splits(frame: pd.DataFrame, out_dir: Path, timings: bool = True) -> None:
+    kept = frame if timings else frame[[c for c in frame if not is_timing(c)]]
+    kept.to_csv(out_dir / "splits.csv", index=False)
+
+
+def write_outputs(
+    frame: pd.DataFrame,
+    summary: dict[str, float],
+    dataset: str,
+    out_dir: Path,
+    timings: bool = True,
+) -> None:
+    write_splits(frame, out_dir, timings)
+    kept = {k: v for k, v in summary.items() if timings or not is_timing(k)}
+    (out_dir / "summary.json").write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
     figure(frame, dataset, out_dir / "nll_by_split.png")
