@@ -46,7 +46,12 @@ def fitted(penalty: float):
         index=0, module=module, objective=float(loss()), alive=True, val_nll=float("nan")
     )
     fit = SimpleNamespace(
-        module=module, members=[member], best=member, penalty=penalty, ordering=None
+        module=module,
+        members=[member],
+        best=member,
+        penalty=penalty,
+        ordering=None,
+        scale_penalty=0.0,
     )
     return fit, x, y
 
