@@ -64,7 +64,7 @@ class MDNModule(pl.LightningModule):
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log q(y | x) per sample, in nats, in the original units of y."""
-        return self.mixture(x).log_prob(self.y_scaler(y)) + self.y_scaler.log_abs_det_jacobian()
+        return self.objective_log_prob(x, y, scale_weight=0.0)
 
     def objective_log_prob(
         self, x: torch.Tensor, y: torch.Tensor, scale_weight: float | None = None

@@ -122,9 +122,12 @@ class MemberEnsemble(pl.LightningModule):
             return values.mean(dim=1)
         return (values * rows).sum(dim=1) / rows.sum(dim=1)
 
-    def data_terms(self, x, y, rows=None, theta=None, members=None):
-        """(R,) mean NLL and (R,) scale-penalty term (c / n) mean_i s(x_i) (None when c = 0)."""
-        log_q, scale = self.row_terms(x, y, theta, members, scale=bool(self.scale_penalty))
+    def data_terms(self, x, y, rows=None, theta=None, members=None, scale: bool = True):
+        """(R,) mean NLL and (R,) scale-penalty term (c / n) mean_i s(x_i) (None when c = 0
+        or not ``scale``)."""
+        log_q, scale = self.row_terms(
+            x, y, theta, members, scale=scale and bool(self.scale_penalty)
+        )
         nll = -self.row_mean(log_q, rows)
         if scale is None:
             return nll, None
@@ -151,14 +154,19 @@ class MemberEnsemble(pl.LightningModule):
         return value + self.penalty_terms(theta) if self.penalty else value
 
     # --- Lightning -----------------------------------------------------------------------------
-    def _training_nll(self, x, y, rows=None):
+    def _training_nll(self, x, y, rows=None, with_scale: bool = True):
         """(R,) mean NLL of the members still training, NaN for the others, and their (R,)
         scale-penalty terms (0 for the others; None when there is no scale penalty)."""
         if bool(self.training_mask.all()):
-            return self.data_terms(x, y, rows)
+            return self.data_terms(x, y, rows, scale=with_scale)
         index = torch.nonzero(self.training_mask).flatten()
         part, scale = self.data_terms(
-            x, y, None if rows is None else rows[index], self.members.flat()[index], index
+            x,
+            y,
+            None if rows is None else rows[index],
+            self.members.flat()[index],
+            index,
+            with_scale,
         )
         full = torch.full((self.n_members,), float("nan"), dtype=part.dtype, device=part.device)
         if scale is not None:
@@ -196,7 +204,7 @@ class MemberEnsemble(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = self._shard(*batch[:2])
-        nll = self._training_nll(x, y)[0]
+        nll = self._training_nll(x, y, with_scale=False)[0]  # validation: the NLL alone
         self._accumulate("val", nll.detach(), x.shape[0])
 
     def _diverged(self, bad: torch.Tensor, stage: str) -> None:
