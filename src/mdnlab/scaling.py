@@ -22,8 +22,12 @@ class AffineScaler(nn.Module):
     def fit(self, values: torch.Tensor) -> AffineScaler:
         values = values.reshape(values.shape[0], -1).to(self.loc.dtype)
         self.loc.copy_(values.mean(dim=0))
-        # Population standard deviation; constant columns are rejected by data validation.
-        self.scale.copy_(values.std(dim=0, unbiased=False))
+        # Population standard deviation. Data validation rejects constant columns, but a column
+        # can still be constant on one training split (or up to rounding, where std is ~1e-13 of
+        # the mean): such a column is centred only, so the network sees zeros, not 0/0.
+        scale = values.std(dim=0, unbiased=False)
+        degenerate = scale <= 1e-10 * torch.clamp(self.loc.abs(), min=1.0)
+        self.scale.copy_(torch.where(degenerate, torch.ones_like(scale), scale))
         return self
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:

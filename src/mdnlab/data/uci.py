@@ -21,6 +21,7 @@ import numpy as np
 from mdnlab.data.splits import Splits
 from mdnlab.data.table import Table, check_row_count
 from mdnlab.errors import ConfigError, DataError
+from mdnlab.progress import say
 
 PROTOCOL_SEED = 1
 TRAIN_FRACTION = 0.9
@@ -89,10 +90,17 @@ def read_uci(uci_dir: str | Path, name: str, min_rows: int = 10) -> Table:
             f"{path}: {values.shape[0]} rows x {values.shape[1]} columns; the published "
             f"protocol's {spec.folder} has {spec.rows} x {spec.columns}"
         )
+    inputs = [j for j in spec.x_cols if not np.all(values[:, j] == values[0, j])]
+    if len(inputs) < len(spec.x_cols):
+        dropped = [f"col{j} (= {values[0, j]:g})" for j in spec.x_cols if j not in inputs]
+        say(
+            f"{path}: input column(s) {', '.join(dropped)} constant on every row: left out "
+            "(no information, and no scale to standardise by)"
+        )
     table = Table(
-        x=values[:, list(spec.x_cols)],
+        x=values[:, inputs],
         y=values[:, [spec.y_col]],
-        x_names=[f"col{j}" for j in spec.x_cols],
+        x_names=[f"col{j}" for j in inputs],
         y_names=[f"col{spec.y_col}"],
         source=str(path),
     )
