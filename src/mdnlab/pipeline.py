@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ from mdnlab.estimation.fit import (
 from mdnlab.estimation.objective import check_penalty
 from mdnlab.estimation.ordering import OrderingReport, order_members
 from mdnlab.estimation.selection import select_penalty
+from mdnlab.estimation.validation_path import PathChoice, PathSettings, select_by_validation
 from mdnlab.families import family_class
 from mdnlab.fingerprint import FINGERPRINT_TAG, finished_run, run_fingerprint
 from mdnlab.fitted.pyfunc import log_pyfunc
@@ -380,9 +381,9 @@ def run_tags(cfg: DictConfig, table: Table) -> dict[str, str]:
 
 
 # --- training and evaluation -----------------------------------------------------------------
-POLISH_VAL_RISE = 0.1  # nats per sample: a rise in val/nll over the polish worth a warning
+POLISH_VAL_RISE = 0.02  # nats per sample: a rise in val/nll over the polish worth a warning
 SCALE_FLOOR_MARGIN = 10.0  # a component scale within this factor of its floor: a warning
-PENALTY_SELECTIONS = ("none", "evidence")
+PENALTY_SELECTIONS = ("none", "evidence", "validation")
 
 
 @dataclass(frozen=True)
@@ -394,6 +395,7 @@ class Estimation:
     restarts: int
     polish: PolishSettings
     scale_penalty: float = 0.0
+    path: PathSettings = PathSettings()
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Estimation:
@@ -430,7 +432,17 @@ class Estimation:
             int(t.polish_max_iter),
             int(t.get("newton_max_params", 300)),
         )
-        return cls(penalty, select, restarts, polish, scale_penalty)
+        path = PathSettings.from_config(t.get("penalty_path"))
+        if select == "validation" and not polish.enabled:
+            raise ConfigError(
+                "train.penalty_select=validation walks a path of polished optima; it needs "
+                "train.polish=true"
+            )
+        if select == "validation" and not float(cfg.data.get("val_fraction", 0.0)) > 0:
+            raise ConfigError(
+                "train.penalty_select=validation needs validation rows: data.val_fraction > 0"
+            )
+        return cls(penalty, select, restarts, polish, scale_penalty, path)
 
 
 @dataclass
@@ -445,6 +457,7 @@ class Fit:
     penalty: float
     ordering: OrderingReport | None = None
     scale_penalty: float = 0.0
+    path: PathChoice | None = None
 
 
 def estimate(
@@ -482,7 +495,10 @@ def estimate(
         float(t.weight_decay),
         t.get("batch_size"),
         int(cfg.seed),
-        estimation.polish,
+        # the validation path polishes from the early-stopped weights at its own penalties
+        replace(estimation.polish, enabled=False)
+        if estimation.select == "validation"
+        else estimation.polish,
         label,
         None if int(t.get("devices", 1)) > 1 else checkpoints,  # no resume under DDP
         estimation.scale_penalty,
@@ -497,6 +513,16 @@ def estimate(
         metrics["train/log_evidence"] = choice.log_evidence
         metrics["train/effective_params"] = choice.effective_params
         metrics["train/evidence_iterations"] = float(choice.iterations)
+    path = None
+    if estimation.select == "validation":
+        path = select_by_validation(
+            ensemble, members, fit_data, estimation.polish, estimation.path, label
+        )
+        penalty = path.penalty
+        metrics["train/penalty_path_points"] = float(len(path.points))
+        chosen = path.points[path.index]
+        if np.isfinite(chosen.effective_params):
+            metrics["train/effective_params"] = chosen.effective_params
     ordering = None
     if members[0].module.ordered:
         ordering = order_members(ensemble, members, fit_data, estimation.polish, label)
@@ -533,7 +559,15 @@ def estimate(
         )
     module.scale_weight = estimation.scale_penalty / fit_data.n_train
     return Fit(
-        module, metrics, best.history, members, best, penalty, ordering, estimation.scale_penalty
+        module,
+        metrics,
+        best.history,
+        members,
+        best,
+        penalty,
+        ordering,
+        estimation.scale_penalty,
+        path,
     )
 
 
@@ -571,13 +605,18 @@ def train_and_evaluate(
                 "consider a larger train.penalty, fewer components or a smaller network"
             )
     before = metrics.get("val/nll_before_polish")
-    if cfg.train.polish and before is not None and metrics["val/nll"] > before + POLISH_VAL_RISE:
-        warn(
-            f"{label}the polish raised val/nll from {before:.4f} to {metrics['val/nll']:.4f}: the "
-            "penalized training optimum fits the validation rows worse than the early-stopped "
-            "weights (a flexible network on little data, or heavy tails); consider a larger "
-            "train.penalty or a smaller model"
-        )
+    if cfg.train.polish and before is not None:
+        metrics["val/polish_rise"] = metrics["val/nll"] - before
+        if metrics["val/polish_rise"] > POLISH_VAL_RISE:
+            warn(
+                f"{label}the polish raised val/nll from {before:.4f} to {metrics['val/nll']:.4f} "
+                f"(more than {POLISH_VAL_RISE:g}): the penalized training optimum fits the "
+                "validation rows worse than the early-stopped weights (a flexible network on "
+                "little data, or heavy tails); consider train.penalty_select=validation, "
+                "train.scale_penalty > 0 or a smaller model"
+            )
+    if fit.path is not None:
+        write_penalty_path(fit.path, artifacts / "plots", label.strip("[] "), before)
     if cfg.data.get("eval_path"):
         x_eval, y_eval, log_p = load_eval_sample(
             cfg.data.eval_path, table.x.shape[1], table.y.shape[1:]
@@ -610,6 +649,14 @@ def save_checkpoint(module: MDNModule, path: Path) -> None:
         },
         path,
     )
+
+
+def write_penalty_path(path: PathChoice, folder: Path, title: str, val_before) -> None:
+    """plots/penalty_path.csv (one row per lambda walked) and plots/penalty_path.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = path.frame
+    frame.to_csv(folder / "penalty_path.csv", index=False)
+    plots.penalty_path(frame, folder / "penalty_path.png", title, val_before)
 
 
 def write_restarts(fit: Fit, folder: Path) -> None:
