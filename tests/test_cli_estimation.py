@@ -83,9 +83,50 @@ def test_evidence_selection_logs_the_chosen_penalty(tmp_path, tiny_csv):
     assert np.isfinite(metrics["train/log_evidence"])
 
 
+def test_validation_selection_logs_the_path_and_its_chosen_penalty(tmp_path, tiny_csv):
+    args = [
+        *file_args(tiny_csv),
+        *TINY,
+        "train.penalty_select=validation",
+        "train.penalty_path.strongest=100",
+        "train.penalty_path.weakest=0.1",
+        "train.penalty_path.count=5",
+        "train.polish_max_iter=3000",
+    ]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    client, run = only_run(tmp_path)
+    metrics = run.data.metrics
+    local = tmp_path / "artifacts"
+    local.mkdir()
+    client.download_artifacts(run.info.run_id, "plots", str(local))
+    path = pd.read_csv(local / "plots" / "penalty_path.csv")
+    assert (local / "plots" / "penalty_path.png").stat().st_size > 0
+    assert len(path) == metrics["train/penalty_path_points"]
+    # a contiguous stretch of the grid, strongest first, through the point nearest the start (3)
+    grid = list(np.geomspace(100, 0.1, 5))
+    at = [int(np.argmin(np.abs(np.subtract(grid, v)))) for v in path.penalty]
+    assert at == list(range(at[0], at[0] + len(at))) and 2 in at
+    np.testing.assert_allclose(path.penalty, [grid[i] for i in at], rtol=1e-12)
+    chosen = path[path.chosen]
+    assert len(chosen) == 1
+    assert metrics["train/penalty"] == pytest.approx(float(chosen.penalty.iloc[0]), rel=1e-12)
+    # the run's estimate is the chosen point: its val NLL, objective, and the lowest val NLL
+    # among the converged points
+    assert metrics["val/nll"] == pytest.approx(float(chosen.val_nll.iloc[0]), abs=1e-9)
+    assert metrics["train/objective"] == pytest.approx(float(chosen.objective.iloc[0]), abs=1e-9)
+    assert float(chosen.val_nll.iloc[0]) == path.val_nll[path.converged].min()
+    assert metrics["val/polish_rise"] == pytest.approx(
+        metrics["val/nll"] - metrics["val/nll_before_polish"], abs=1e-12
+    )
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
+        ("train.penalty_select=validation data.val_fraction=0", "needs validation rows"),
+        ("train.penalty_select=validation train.polish=false", "needs train.polish=true"),
+        ("train.penalty_path.rule=best", "train.penalty_path.rule='best'"),
         ("train.penalty=-1", "train.penalty must be a finite number >= 0"),
         ("train.penalty=abc", "train.penalty must be a number"),
         ("train.restarts=0", "train.restarts must be a positive integer"),
@@ -93,7 +134,7 @@ def test_evidence_selection_logs_the_chosen_penalty(tmp_path, tiny_csv):
     ],
 )
 def test_bad_estimation_options_stop_before_any_run(tmp_path, tiny_csv, override, expected):
-    result = run_cli([*file_args(tiny_csv), *TINY, override], tmp_path)
+    result = run_cli([*file_args(tiny_csv), *TINY, *override.split()], tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert expected in result.stderr.strip().splitlines()[-1]
