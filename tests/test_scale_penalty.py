@@ -167,6 +167,61 @@ def test_an_atom_collapses_a_component_without_the_penalty_and_not_with_it():
     assert member.scale_term > 0
 
 
+def test_categorical_value_is_dirichlet_log_density_relative_to_uniform():
+    from scipy.stats import dirichlet
+
+    torch.manual_seed(2)
+    family = build_family("categorical", 2, (2,), n_classes=[3, 2])
+    raw = torch.randn(5, family.n_raw_outputs, dtype=torch.float64)
+    a = 0.7  # any pseudo-count: the terms are proportional to it
+    want = []
+    for row in range(5):
+        total = 0.0
+        for probs in family.mixture(raw).component_distribution.probs:  # (5, K, C_d)
+            for p in probs[row].numpy():
+                c = p.size
+                alpha = np.full(c, 1.0 + a)
+                uniform = np.full(c, 1.0 / c)
+                total += (dirichlet.logpdf(uniform, alpha) - dirichlet.logpdf(p, alpha)) / (a * c)
+        want.append(total)
+    np.testing.assert_allclose(family.scale_penalty(raw).numpy(), want, rtol=1e-10)
+    assert torch.autograd.gradcheck(family.scale_penalty, (raw.requires_grad_(),))
+
+
+def separable_fit(scale_penalty: float):
+    x = torch.linspace(-1, 1, 80, dtype=torch.float64)[:, None]
+    y = (x[:, 0] > 0).to(torch.float64)[:, None]  # classes separated at x = 0
+
+    def make(seed):
+        torch.manual_seed(seed)
+        module = MDNModule(
+            1, [1], n_components=1, hidden_sizes=[3], family="categorical", n_classes=[2]
+        )
+        module.x_scaler.fit(x)
+        return module
+
+    _, (member,) = fit_members(
+        make,
+        [0],
+        FitData(x, y),
+        penalty=0.0,
+        trainer=TrainerSettings(200, 200, 0.0),
+        lr=0.05,
+        polish=PolishSettings(True, 1e-7, 3000, 0),
+        scale_penalty=scale_penalty,
+    )
+    with torch.no_grad():
+        probs = member.module.mixture(x).component_distribution.probs[0]
+    return float(probs.min()), member
+
+
+def test_dirichlet_pseudo_counts_keep_class_probabilities_off_0_and_1_on_separable_rows():
+    smallest_without, _ = separable_fit(0.0)
+    smallest_with, member = separable_fit(1.0)
+    assert smallest_without < 1e-4  # the MLE runs off to a hard 0/1 rule
+    assert smallest_with > 1e-3 and member.converged
+
+
 def test_families_without_a_scale_penalty_refuse_it():
     from conftest import REPO
     from hydra import compose, initialize_config_dir
@@ -175,7 +230,7 @@ def test_families_without_a_scale_penalty_refuse_it():
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         for overrides, message in (
-            (["model=categorical", "train.scale_penalty=1"], "the categorical family has no"),
+            (["model=wishart", "train.scale_penalty=1"], "the wishart family has no"),
             (["train.penalty_select=evidence", "train.scale_penalty=1"], "the evidence of the"),
             (["train.scale_penalty=-1"], "train.scale_penalty must be a finite number >= 0"),
         ):

@@ -11,6 +11,8 @@ can represent dependence between the variables through the latent class k.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch.distributions import Categorical, Distribution, MixtureSameFamily
@@ -138,6 +140,22 @@ class CategoricalFamily(Family):
 
     def make_scaler(self) -> IdentityScaler:
         return IdentityScaler()
+
+    def scale_penalty(self, raw: torch.Tensor) -> torch.Tensor:
+        """sum_k sum_d KL(uniform_{C_d} || p_kd(. | x)) = sum_k sum_d [-log C_d - mean_c log
+        p_kdc] at each row's x: minus the log of a symmetric Dirichlet density on each
+        component's class probabilities, up to a constant (Dirichlet pseudo-counts: with weight
+        c / n per row, c pseudo-observations spread evenly over each variable's classes). It is
+        0 at uniform probabilities and grows without bound as any probability runs to 0, so a
+        class cannot be given probability 0 or 1 on rows the data separate."""
+        k = self.n_components
+        components = raw[:, k - 1 :].reshape(raw.shape[0], k, -1)
+        total = raw.new_zeros(raw.shape[0])
+        for c, log_p in zip(
+            self.n_classes, self.component_distribution(components).log_probs, strict=True
+        ):
+            total = total + (-math.log(c) - log_p.mean(dim=-1)).sum(dim=-1)
+        return total
 
     @staticmethod
     def marginal_probs(mixture: MixtureSameFamily) -> list[torch.Tensor]:
