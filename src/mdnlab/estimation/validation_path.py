@@ -12,8 +12,10 @@ the penalized training objective (the same rule as a single fit) and its validat
 recorded. The chosen lambda is the one with the lowest validation NLL (``rule=min``), or the
 strongest lambda within one standard error of it (``rule=1se``, the standard error being that
 of the mean of the per-row validation NLLs). The path stops early once ``patience`` points in a
-row (in either direction) have not improved on the best validation NLL: weak penalties are
-where polishes are long and fits overfit, and the validation curve is not coming back there.
+row (in either direction) have not improved on the best validation NLL, and the walk towards
+weaker penalties stops at its first unconverged point: weak penalties are where polishes are
+long and fits overfit, the validation curve is not coming back there, and only converged
+points can be chosen.
 """
 
 from __future__ import annotations
@@ -230,6 +232,8 @@ def select_by_validation(
             point = visit(i)
             improved = point.converged and point.val_nll < record
             since_best = 0 if improved else since_best + 1
+            if step > 0 and not point.converged:
+                break  # weaker penalties converge no better, and only optima can be chosen
             i += step
     order = sorted(walked)  # grid order: strongest first
     points = [walked[i][0] for i in order]
