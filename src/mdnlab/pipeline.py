@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -26,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from mdnlab import plots, run_figures, tracking
 from mdnlab.config_checks import check_run_config
+from mdnlab.cores import available_cores
 from mdnlab.data.splits import Splits, split_rows
 from mdnlab.data.table import Table, read_table
 from mdnlab.data.uci import read_uci, uci_dataset, uci_splits
@@ -240,9 +240,7 @@ SMALL_WORK = 5_000_000
 
 def configure_threads(setting, work: int = 0) -> int:
     """Threads per process: 1 for small work, else this process's share of the cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():  # unbound jobs see the whole node
-        cores = min(cores, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    cores = available_cores()
     if setting in (None, "auto"):
         threads = 1 if work < SMALL_WORK else max(1, cores // parallel_jobs(cores))
     else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import tempfile
 import time
 import uuid
@@ -27,6 +26,7 @@ import pandas as pd
 from mdnlab import tracking
 from mdnlab.benchmark.peers import fit_ngboost
 from mdnlab.benchmark.report import figure, summarize
+from mdnlab.cores import available_cores
 from mdnlab.data.uci import UciDataset, uci_dataset
 from mdnlab.interrupts import stopped_by_user
 from mdnlab.progress import say
@@ -148,10 +148,6 @@ def fitted_splits(
 def _fit_split_in_child(context, spec, split, settings) -> dict[str, float]:
     with sweep_context(context):
         return fit_split(spec, split, settings)
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def fit_split(spec: UciDataset, split: int, settings: BenchmarkSettings) -> dict[str, float]:
