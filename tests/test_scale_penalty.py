@@ -222,7 +222,71 @@ def test_dirichlet_pseudo_counts_keep_class_probabilities_off_0_and_1_on_separab
     assert smallest_with > 1e-3 and member.converged
 
 
-def test_families_without_a_scale_penalty_refuse_it():
+def test_wishart_value_is_inverse_wishart_on_the_mean_plus_gamma_on_the_df_excess():
+    from scipy.stats import gamma
+
+    from mdnlab.families.wishart import DF_EXCESS_REFERENCE
+
+    torch.manual_seed(4)
+    p = 3
+    family = build_family("wishart", 2, (p, p))
+    raw = torch.randn(6, family.n_raw_outputs, dtype=torch.float64)
+    components = family.mixture(raw).component_distribution
+    df = components.df.numpy()
+    tril = components.scale_tril.numpy()
+    prior = gamma(a=2.0, scale=DF_EXCESS_REFERENCE)  # log density: log e - e / e0 + const
+    want = np.zeros(6)
+    for b in range(6):
+        for k in range(2):
+            mean = df[b, k] * tril[b, k] @ tril[b, k].T
+            excess = df[b, k] - (p - 1)
+            want[b] += np.trace(np.linalg.inv(mean)) + np.linalg.slogdet(mean)[1] - p
+            want[b] += prior.logpdf(DF_EXCESS_REFERENCE) - prior.logpdf(excess)
+    np.testing.assert_allclose(family.scale_penalty(raw).numpy(), want, rtol=1e-10)
+    assert torch.autograd.gradcheck(family.scale_penalty, (raw.requires_grad_(),))
+
+
+def wishart_atom_fit(scale_penalty: float):
+    """2 x 2 Wishart targets, 20% of them the same matrix: an atom."""
+    from torch.distributions import Wishart
+
+    torch.manual_seed(3)
+    n = 300
+    x = torch.rand(n, 1, dtype=torch.float64) * 2 - 1
+    scale = torch.eye(2, dtype=torch.float64) * (1 + 0.5 * x[:, :, None]) / 6
+    y = Wishart(torch.tensor(6.0, dtype=torch.float64), covariance_matrix=scale).sample()
+    y[torch.rand(n) < 0.2] = torch.tensor([[1.0, 0.3], [0.3, 0.8]], dtype=torch.float64)
+
+    def make(seed):
+        torch.manual_seed(seed)
+        module = MDNModule(1, [2, 2], n_components=2, hidden_sizes=[4], family="wishart")
+        module.x_scaler.fit(x)
+        module.y_scaler.fit(y)
+        return module
+
+    _, (member,) = fit_members(
+        make,
+        [0],
+        FitData(x, y),
+        penalty=0.01,
+        trainer=TrainerSettings(1500, 1500, 0.0),
+        lr=0.05,
+        polish=PolishSettings(True, 1e-6, 3000, 0),
+        scale_penalty=scale_penalty,
+    )
+    with torch.no_grad():
+        ratio = member.module.family.scale_floor_ratio(member.module.mixture(x))
+    return ratio, member
+
+
+def test_a_wishart_atom_pins_a_component_to_the_floor_without_the_penalty_and_not_with_it():
+    ratio_without, _ = wishart_atom_fit(0.0)
+    ratio_with, member = wishart_atom_fit(1.0)
+    assert ratio_without < 10.0  # df grows and S shrinks onto the floor at the atom
+    assert ratio_with > 10.0 and member.converged
+
+
+def test_scale_penalty_refusals():
     from conftest import REPO
     from hydra import compose, initialize_config_dir
 
@@ -230,7 +294,6 @@ def test_families_without_a_scale_penalty_refuse_it():
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         for overrides, message in (
-            (["model=wishart", "train.scale_penalty=1"], "the wishart family has no"),
             (["train.penalty_select=evidence", "train.scale_penalty=1"], "the evidence of the"),
             (["train.scale_penalty=-1"], "train.scale_penalty must be a finite number >= 0"),
         ):

@@ -14,6 +14,9 @@ from mdnlab.data.table import lower_triangle_names, row_text
 from mdnlab.errors import DataError
 from mdnlab.families.base import Family
 
+# The scale penalty's reference for df - (p - 1): df = p + 1, the smallest df whose inverse
+# has a finite mean, a weakly informative centre on the scale of the standardised Y.
+DF_EXCESS_REFERENCE = 2.0
 # Relative tolerance of the symmetry check: |Y_ij - Y_ji| <= this * max |Y| of the row.
 SYMMETRY_RTOL = 1e-8
 
@@ -160,6 +163,26 @@ class WishartFamily(Family):
 
     def make_scaler(self) -> WishartScaler:
         return WishartScaler(self.dim)
+
+    def scale_penalty(self, raw: torch.Tensor) -> torch.Tensor:
+        """sum_k [tr(M_k^-1) + log det M_k - p] + sum_k [e_k / e0 - log(e_k / e0) - 1] at each
+        row's x, M_k = df_k S_k the component's mean matrix and e_k = df_k - (p - 1) its
+        degrees of freedom above the bound of a proper density, e0 = ``DF_EXCESS_REFERENCE``.
+        The first sum is the Gaussian family's inverse-Wishart penalty on M_k (0 at M_k = I,
+        the marginal scale of the standardised Y); the second is minus a gamma log-density on
+        e_k (0 at e0). A component that concentrates on one matrix (df -> infinity) or whose
+        mean shrinks to a point makes it grow without bound, so the penalized likelihood is
+        bounded; it also grows as e_k -> 0, so ``model.min_df_excess`` is only a numerical
+        guard."""
+        k, p = self.n_components, self.dim
+        components = self.component_distribution(raw[:, k - 1 :].reshape(raw.shape[0], k, -1))
+        df, tril = components.df, components.scale_tril  # (b, K), (b, K, p, p)
+        eye = torch.eye(p, dtype=raw.dtype, device=raw.device).expand_as(tril)
+        inverse = torch.linalg.solve_triangular(tril, eye, upper=False)
+        trace = inverse.pow(2).sum(dim=(-2, -1)) / df  # tr((df L L')^-1)
+        log_det = p * df.log() + 2.0 * tril.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
+        excess = (df - (p - 1)) / DF_EXCESS_REFERENCE
+        return (trace + log_det - p + excess - excess.log() - 1.0).sum(dim=-1)
 
     def quantities(
         self, mixture: MixtureSameFamily, scaler: WishartScaler
