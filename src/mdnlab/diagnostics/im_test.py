@@ -141,14 +141,22 @@ def im_test(
     started = time.perf_counter()
     flat = FlatModel(module, "all")
     n = x.shape[0]
-    if subset == "output_bias":
-        indicators, gradient, names = _output_bias_indicators(flat, x, y, chunk)
-    else:
-        index = _select(flat, subset)
-        indicators, gradient, names = _weight_indicators(flat, index, x, y, chunk)
+    # A is the curvature of the objective the module was fitted with, scale penalty included;
+    # the indicators and scores are the log-likelihood's, for the information-matrix equality
+    # is a property of the likelihood. At the penalized optimum the mean score then equals the
+    # gradient of both penalties, and debiasing removes that first-order bias whatever it is.
     a = hessian_mean_nll(flat, x, y, chunk).numpy()
-    directions = _solve_curvature(a, float(penalty) / n, gradient.T, eig_rtol)  # A^-1 G', P x q
-    v = indicators + _projected_scores(flat, x, y, directions, chunk)
+    saved, module.scale_weight = getattr(module, "scale_weight", 0.0), 0.0
+    try:
+        if subset == "output_bias":
+            indicators, gradient, names = _output_bias_indicators(flat, x, y, chunk)
+        else:
+            index = _select(flat, subset)
+            indicators, gradient, names = _weight_indicators(flat, index, x, y, chunk)
+        directions = _solve_curvature(a, float(penalty) / n, gradient.T, eig_rtol)  # A^-1 G'
+        v = indicators + _projected_scores(flat, x, y, directions, chunk)
+    finally:
+        module.scale_weight = saved
     statistic, df = _wald(v.mean(axis=0) if debias else indicators.mean(axis=0), v, rtol)
     pvalue = float(chi2.sf(statistic, df)) if df > 0 else 1.0
     return IMTest(statistic, df, pvalue, names, n, time.perf_counter() - started)
