@@ -224,7 +224,9 @@ def select_by_validation(
     first = start_index(penalties, ensemble.penalty)
     visit(first)
     start_state = walked[first][1]
-    for step in (-1, 1):  # towards stronger penalties, then towards weaker ones
+    # towards stronger penalties, then towards weaker ones (only from a converged start:
+    # weaker penalties converge no better)
+    for step in (-1, 1) if walked[first][0].converged else (-1,):
         ensemble.members.set_flat(start_state.clone())
         since_best, i = 0, first + step
         while 0 <= i < len(penalties) and since_best < settings.patience:
