@@ -1,6 +1,7 @@
 """train.penalty_select=validation: the path of polished optima against brute force."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -86,6 +87,37 @@ def test_path_members_batched_equal_the_paths_walked_one_seed_at_a_time():
     assert best.objective == pytest.approx(chosen.objective, abs=1e-9)
 
 
+def test_a_list_of_scale_penalties_walks_each_from_the_early_stopped_weights():
+    torch.set_num_threads(1)
+    data = problem(seed=4)
+    both = replace(PATH, scale_penalties=(0.0, 5.0))
+    choice, members = walk(data, [3], both)
+    assert {p.scale_penalty for p in choice.points} == {0.0, 5.0}
+    for strength in (0.0, 5.0):
+        ensemble, alone = fit_members(
+            module_maker(data),
+            [3],
+            data,
+            3.0,
+            TRAINER,
+            0.02,
+            polish=NO_POLISH,
+            scale_penalty=strength,
+        )
+        single = select_by_validation(ensemble, alone, data, POLISH, PATH)
+        mine = [p for p in choice.points if p.scale_penalty == strength]
+        assert [p.penalty for p in mine] == [p.penalty for p in single.points]
+        np.testing.assert_allclose(
+            [p.val_nll for p in mine], [p.val_nll for p in single.points], atol=1e-6
+        )
+    chosen = choice.points[choice.index]
+    converged = [p.val_nll for p in choice.points if p.converged]
+    assert chosen.val_nll == min(converged)
+    assert choice.scale_penalty == chosen.scale_penalty
+    # the members are left at the chosen point, under its scale penalty
+    assert min(m.objective for m in members) == pytest.approx(chosen.objective, abs=1e-9)
+
+
 def test_effective_parameters_fall_as_the_penalty_grows():
     torch.set_num_threads(1)
     choice, members = walk(problem(seed=2), [7])
@@ -135,6 +167,8 @@ def test_the_one_standard_error_rule_takes_the_strongest_penalty_within_one_se()
         ({"rule": "best"}, "expected one of min, 1se"),
         ({"patience": 0}, "patience must be >= 1"),
         ({"step": 2}, "unknown key"),
+        ({"scale_penalties": [1, -1]}, "list of finite numbers >= 0"),
+        ({"scale_penalties": ["a"]}, "list of finite numbers >= 0"),
     ],
 )
 def test_bad_path_settings_are_refused_by_name(node, fragment):

@@ -504,7 +504,7 @@ def estimate(
     if is_worker_process():
         return None  # a DDP process's share of Adam is done; rank 0 does the rest
     metrics: dict[str, float] = {}
-    penalty = estimation.penalty
+    penalty, scale_penalty = estimation.penalty, estimation.scale_penalty
     if estimation.select == "evidence":
         choice = select_penalty(ensemble, members, fit_data, estimation.polish, label)
         penalty = choice.penalty
@@ -516,7 +516,7 @@ def estimate(
         path = select_by_validation(
             ensemble, members, fit_data, estimation.polish, estimation.path, label
         )
-        penalty = path.penalty
+        penalty, scale_penalty = path.penalty, path.scale_penalty
         metrics["train/penalty_path_points"] = float(len(path.points))
         chosen = path.points[path.index]
         if np.isfinite(chosen.effective_params):
@@ -537,10 +537,10 @@ def estimate(
             "train/penalty_term": best.penalty_term,
             **(
                 {
-                    "train/scale_penalty": estimation.scale_penalty,
+                    "train/scale_penalty": scale_penalty,
                     "train/scale_penalty_term": best.scale_term,
                 }
-                if estimation.scale_penalty
+                if scale_penalty
                 else {}
             ),
             "train/weight_norm": float(
@@ -555,18 +555,8 @@ def estimate(
             f"{label}the polish stopped at max|grad| {best.grad_max:.2e} > "
             f"train.polish_tol {estimation.polish.tol:g}; standard errors assume a converged fit"
         )
-    module.scale_weight = estimation.scale_penalty / fit_data.n_train
-    return Fit(
-        module,
-        metrics,
-        best.history,
-        members,
-        best,
-        penalty,
-        ordering,
-        estimation.scale_penalty,
-        path,
-    )
+    module.scale_weight = scale_penalty / fit_data.n_train
+    return Fit(module, metrics, best.history, members, best, penalty, ordering, scale_penalty, path)
 
 
 def train_and_evaluate(

@@ -432,31 +432,44 @@ def predictive_calibration(calibration, path, title: str) -> None:
 
 
 def penalty_path(frame, path: Path, title: str = "", val_before_polish: float | None = None):
-    """Validation NLL (+- 1 SE) and training NLL along a ridge-penalty path, the chosen lambda
-    marked; the early-stopped weights' validation NLL as a reference line."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lam = frame["penalty"].to_numpy()
-    val, se = frame["val_nll"].to_numpy(), frame["val_nll_se"].to_numpy()
-    ax.plot(lam, val, "o-", color="C1", label="validation NLL")
-    ax.fill_between(lam, val - se, val + se, color="C1", alpha=0.2, lw=0)
-    ax.plot(lam, frame["train_nll"].to_numpy(), "s--", color="C0", label="training NLL")
+    """Validation NLL (+- 1 SE) and training NLL along a ridge-penalty path (one pair of lines
+    per scale-penalty strength walked), the chosen point marked; the early-stopped weights'
+    validation NLL as a reference line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    groups = list(frame.groupby("scale_penalty", sort=True))
+    for j, (strength, part) in enumerate(groups):
+        lam = part["penalty"].to_numpy()
+        val, se = part["val_nll"].to_numpy(), part["val_nll_se"].to_numpy()
+        tag = f" (c = {strength:g})" if len(groups) > 1 else ""
+        color = f"C{(2 * j + 1) % 10}"
+        ax.plot(lam, val, "o-", color=color, label=f"validation NLL{tag}")
+        ax.fill_between(lam, val - se, val + se, color=color, alpha=0.2, lw=0)
+        ax.plot(
+            lam,
+            part["train_nll"].to_numpy(),
+            "s--",
+            color=color,
+            alpha=0.6,
+            ms=3,
+            label=f"training NLL{tag}",
+        )
     if val_before_polish is not None and np.isfinite(val_before_polish):
         ax.axhline(val_before_polish, color="0.4", ls=":", label="validation, early-stopped")
-    chosen = frame.loc[frame["chosen"], "penalty"]
+    chosen = frame.loc[frame["chosen"]]
     if len(chosen):
-        ax.axvline(float(chosen.iloc[0]), color="k", lw=0.8, label="chosen lambda")
+        ax.plot(chosen["penalty"], chosen["val_nll"], "k*", ms=14, label="chosen")
     ax.set_xscale("log")
-    ax.invert_xaxis()  # the path runs from strong to weak
-    ax.set_xlabel("ridge penalty lambda (path runs left to right, strong to weak)")
+    ax.invert_xaxis()  # from strong to weak
+    ax.set_xlabel("ridge penalty lambda (strong to weak)")
     ax.set_ylabel("NLL (nats per sample, original units)")
-    finite = np.concatenate([val[np.isfinite(val)], frame["train_nll"].to_numpy()])
-    finite = finite[np.isfinite(finite)]
-    if finite.size:
-        low, high = finite.min(), np.quantile(finite, 0.9)
+    values = np.concatenate([frame["val_nll"].to_numpy(), frame["train_nll"].to_numpy()])
+    values = values[np.isfinite(values)]
+    if values.size:
+        low, high = values.min(), np.quantile(values, 0.9)
         pad = 0.1 * (high - low + 1e-12)
         ax.set_ylim(low - pad, high + 3 * pad)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -46,15 +46,27 @@ class PathSettings:
     count: int = 16
     rule: str = "min"
     patience: int = 3
+    scale_penalties: tuple[float, ...] = ()  # c values walked (empty: train.scale_penalty only)
 
     @classmethod
     def from_config(cls, node) -> PathSettings:
         node = dict(node or {})
-        unknown = set(node) - {"strongest", "weakest", "count", "rule", "patience"}
+        known = {"strongest", "weakest", "count", "rule", "patience", "scale_penalties"}
+        unknown = set(node) - known
         if unknown:
             raise ConfigError(
-                f"train.penalty_path has unknown key(s) {sorted(unknown)}; expected strongest, "
-                "weakest, count, rule, patience"
+                f"train.penalty_path has unknown key(s) {sorted(unknown)}; expected "
+                f"{', '.join(sorted(known))}"
+            )
+        strengths = node.get("scale_penalties") or ()
+        try:
+            strengths = tuple(float(c) for c in strengths)
+        except (TypeError, ValueError):
+            strengths = (math.nan,)
+        if not all(math.isfinite(c) and c >= 0 for c in strengths):
+            raise ConfigError(
+                f"train.penalty_path.scale_penalties={node.get('scale_penalties')!r}: expected a "
+                "list of finite numbers >= 0 (or null: train.scale_penalty only)"
             )
         settings = cls(
             float(node.get("strongest", cls.strongest)),
@@ -62,6 +74,7 @@ class PathSettings:
             int(node.get("count", cls.count)),
             str(node.get("rule", cls.rule)),
             int(node.get("patience", cls.patience)),
+            strengths,
         )
         if not (math.isfinite(settings.weakest) and 0 < settings.weakest < settings.strongest):
             raise ConfigError(
@@ -97,6 +110,7 @@ class PathPoint:
     effective_params: float  # gamma = sum n a_i / (n a_i + lambda); NaN when skipped
     polish_iterations: int
     best_member: int
+    scale_penalty: float = 0.0  # c of the scale penalty at this point
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ class PathChoice:
     index: int
     points: list[PathPoint]
     rule: str
+    scale_penalty: float = 0.0  # the chosen c
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -151,8 +166,9 @@ def validation_nll(member: MemberResult, data: FitData) -> tuple[float, float]:
 
 def chosen_index(points: list[PathPoint], rule: str) -> int:
     """Among the converged points with a finite val NLL (all finite ones when none converged):
-    the lowest val NLL, or for ``1se`` the strongest penalty within one SE of it. An
-    unconverged point is not an optimum, and the standard errors need one."""
+    the lowest val NLL, or for ``1se`` the most penalized point within one SE of it (the
+    strongest lambda, then the strongest scale penalty). An unconverged point is not an
+    optimum, and the standard errors need one."""
     values = np.array([p.val_nll for p in points])
     eligible = np.isfinite(values)
     converged = eligible & np.array([p.converged for p in points])
@@ -164,8 +180,8 @@ def chosen_index(points: list[PathPoint], rule: str) -> int:
     if rule == "min":
         return best
     bound = values[best] + points[best].val_nll_se
-    # The points run strongest first, so the first one within the bound is the strongest.
-    return int(np.flatnonzero(eligible & (values <= bound))[0])
+    within = np.flatnonzero(eligible & (values <= bound))
+    return int(max(within, key=lambda i: (points[i].penalty, points[i].scale_penalty)))
 
 
 def start_index(penalties: np.ndarray, start: float) -> int:
@@ -181,12 +197,45 @@ def select_by_validation(
     settings: PathSettings,
     label: str = "",
 ) -> PathChoice:
-    """Walks the path; leaves ``ensemble.penalty`` and the members at the chosen optimum."""
+    """Walks the lambda path once for each scale-penalty strength (``settings.scale_penalties``,
+    default the ensemble's own), each walk from the early-stopped weights; leaves
+    ``ensemble.penalty``, ``ensemble.scale_penalty`` and the members at the chosen optimum."""
     if not data.has_val:
         raise ConfigError(
             "train.penalty_select=validation needs validation rows (data.val_fraction > 0)"
         )
-    scale_weight = ensemble.scale_penalty / data.n_train
+    early_stopped = ensemble.members.flat().detach().clone()
+    start = ensemble.penalty
+    strengths = settings.scale_penalties or (ensemble.scale_penalty,)
+    walked: list[tuple[PathPoint, torch.Tensor]] = []
+    for strength in strengths:
+        ensemble.scale_penalty = float(strength)
+        ensemble.members.set_flat(early_stopped.clone())
+        walked += walk_lambda(ensemble, members, data, polish, settings, start, label)
+    walked.sort(key=lambda w: (w[0].scale_penalty, -w[0].penalty))
+    points = [point for point, _ in walked]
+    index = chosen_index(points, settings.rule)
+    chosen = points[index]
+    choice = PathChoice(chosen.penalty, index, points, settings.rule, chosen.scale_penalty)
+    ensemble.members.set_flat(walked[index][1])
+    ensemble.penalty, ensemble.scale_penalty = chosen.penalty, chosen.scale_penalty
+    polish_members(ensemble, members, data, polish, label)  # at its optimum already: fills results
+    scale = f", scale penalty {chosen.scale_penalty:g}" if len(strengths) > 1 else ""
+    say(
+        f"{label}penalty path: lambda {chosen.penalty:.4g}{scale} chosen ({settings.rule} rule; "
+        f"{len(points)} of {len(strengths) * settings.count} points walked), val NLL "
+        f"{chosen.val_nll:.4f}"
+    )
+    return choice
+
+
+def walk_lambda(
+    ensemble, members, data: FitData, polish: PolishSettings, settings: PathSettings, start, label
+) -> list[tuple[PathPoint, torch.Tensor]]:
+    """One walk along the lambda grid at the ensemble's scale penalty, from its current
+    weights: the points visited and the members' weights at each."""
+    strength = ensemble.scale_penalty
+    scale_weight = strength / data.n_train
     penalties = settings.penalties()
     walked: dict[int, tuple[PathPoint, torch.Tensor]] = {}
 
@@ -207,13 +256,15 @@ def select_by_validation(
             effective_params(best, data, penalty, scale_weight),
             best.polish_iterations,
             best.index,
+            strength,
         )
         walked[i] = (point, ensemble.members.flat().detach().clone())
         gamma = point.effective_params
         say(
-            f"{label}penalty path: lambda {penalty:.4g}, val NLL {val:.4f} (+- {se:.4f}), "
-            f"train objective {best.objective:.4f}, max|grad| {best.grad_max:.1e}"
-            + ("" if math.isnan(gamma) else f", gamma {gamma:.1f}")
+            f"{label}penalty path: lambda {penalty:.4g}"
+            + (f" (scale penalty {strength:g})" if strength else "")
+            + f", val NLL {val:.4f} (+- {se:.4f}), train objective {best.objective:.4f}, "
+            f"max|grad| {best.grad_max:.1e}" + ("" if math.isnan(gamma) else f", gamma {gamma:.1f}")
         )
         return point
 
@@ -221,7 +272,7 @@ def select_by_validation(
         values = [p.val_nll for p, _ in walked.values() if p.converged]
         return min(values) if values else math.inf
 
-    first = start_index(penalties, ensemble.penalty)
+    first = start_index(penalties, start)
     visit(first)
     start_state = walked[first][1]
     # towards stronger penalties, then towards weaker ones (only from a converged start:
@@ -237,15 +288,4 @@ def select_by_validation(
             if step > 0 and not point.converged:
                 break  # weaker penalties converge no better, and only optima can be chosen
             i += step
-    order = sorted(walked)  # grid order: strongest first
-    points = [walked[i][0] for i in order]
-    index = chosen_index(points, settings.rule)
-    choice = PathChoice(points[index].penalty, index, points, settings.rule)
-    ensemble.members.set_flat(walked[order[index]][1])
-    ensemble.penalty = choice.penalty
-    polish_members(ensemble, members, data, polish, label)  # at its optimum already: fills results
-    say(
-        f"{label}penalty path: lambda {choice.penalty:.4g} chosen ({settings.rule} rule; "
-        f"{len(points)} of {len(penalties)} points walked), val NLL {points[index].val_nll:.4f}"
-    )
-    return choice
+    return [walked[i] for i in sorted(walked)]
