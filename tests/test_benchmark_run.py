@@ -21,6 +21,7 @@ from mdnlab.data.uci import uci_dataset, write_layout
 pytestmark = pytest.mark.slow
 
 QUICK = (
+    "model.hidden_sizes=[4]",
     "trainer.max_epochs=40",
     "train.polish_max_iter=60",
     "inference.enabled=false",

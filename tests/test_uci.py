@@ -210,3 +210,15 @@ def test_folder_and_short_names_load_the_same_rows(tmp_path):
     np.testing.assert_array_equal(splits.test, want.test)
     np.testing.assert_array_equal(splits.val, want.val)
     np.testing.assert_array_equal(table.y[:, 0], np.loadtxt(cfg.data.path)[:, 13])
+
+
+def test_the_benchmark_composes_its_estimator_before_the_users_overrides(tmp_path):
+    from mdnlab.benchmark.runner import BenchmarkSettings, compose_config
+
+    spec = uci_dataset("boston")
+    cfg = compose_config(spec, 3, BenchmarkSettings(tmp_path, tmp_path))
+    assert cfg.data.uci_name == "boston" and cfg.data.uci_split == 3
+    assert list(cfg.model.hidden_sizes) == [50] and cfg.model.n_components == 2
+    assert cfg.train.penalty_select == "validation" and cfg.train.scale_penalty == 10.0
+    mine = BenchmarkSettings(tmp_path, tmp_path, overrides=("model.n_components=3",))
+    assert compose_config(spec, 0, mine).model.n_components == 3

@@ -55,7 +55,7 @@ def compose_config(spec: UciDataset, split: int, settings: BenchmarkSettings):
     from hydra import compose, initialize_config_dir
 
     overrides = [
-        "data=uci",
+        "experiment=uci",  # the benchmark's estimator (conf/experiment/uci.yaml)
         f"data.uci_dir={Path(settings.uci_dir).resolve()}",
         f"data.uci_name={spec.short}",
         f"data.uci_split={split}",
