@@ -134,29 +134,36 @@ def atom_data(n=300, seed=3):
     return torch.as_tensor(x), torch.as_tensor(y)
 
 
-def fit_on_atom(scale_penalty: float):
-    x, y = atom_data()
+def fit_one(module_of_seed, x, y, penalty, epochs, lr, scale_penalty, tol=1e-6):
+    """One member: Adam for ``epochs`` (no early stopping), then the polish to ``tol``."""
 
     def make(seed):
-        module = small_module(seed=seed, k=2, hidden=(4,))
+        module = module_of_seed(seed)
         module.x_scaler.fit(x)
         module.y_scaler.fit(y)
         return module
 
-    _, members = fit_members(
+    _, (member,) = fit_members(
         make,
         [0],
         FitData(x, y),
-        penalty=1.0,
-        trainer=TrainerSettings(400, 400, 0.0),
-        lr=0.02,
-        polish=PolishSettings(True, 1e-6, 3000, 0),
+        penalty=penalty,
+        trainer=TrainerSettings(epochs, epochs, 0.0),
+        lr=lr,
+        polish=PolishSettings(True, tol, 3000, 0),
         scale_penalty=scale_penalty,
     )
-    module = members[0].module
+    return member
+
+
+def fit_on_atom(scale_penalty: float):
+    x, y = atom_data()
+    member = fit_one(
+        lambda seed: small_module(seed=seed, k=2, hidden=(4,)), x, y, 1.0, 400, 0.02, scale_penalty
+    )
     with torch.no_grad():
-        ratio = module.family.scale_floor_ratio(module.mixture(x))
-    return ratio, members[0]
+        ratio = member.module.family.scale_floor_ratio(member.module.mixture(x))
+    return ratio, member
 
 
 def test_an_atom_collapses_a_component_without_the_penalty_and_not_with_it():
@@ -192,24 +199,13 @@ def separable_fit(scale_penalty: float):
     x = torch.linspace(-1, 1, 80, dtype=torch.float64)[:, None]
     y = (x[:, 0] > 0).to(torch.float64)[:, None]  # classes separated at x = 0
 
-    def make(seed):
+    def categorical(seed):
         torch.manual_seed(seed)
-        module = MDNModule(
+        return MDNModule(
             1, [1], n_components=1, hidden_sizes=[3], family="categorical", n_classes=[2]
         )
-        module.x_scaler.fit(x)
-        return module
 
-    _, (member,) = fit_members(
-        make,
-        [0],
-        FitData(x, y),
-        penalty=0.0,
-        trainer=TrainerSettings(200, 200, 0.0),
-        lr=0.05,
-        polish=PolishSettings(True, 1e-7, 3000, 0),
-        scale_penalty=scale_penalty,
-    )
+    member = fit_one(categorical, x, y, 0.0, 200, 0.05, scale_penalty, tol=1e-7)
     with torch.no_grad():
         probs = member.module.mixture(x).component_distribution.probs[0]
     return float(probs.min()), member
@@ -257,23 +253,11 @@ def wishart_atom_fit(scale_penalty: float):
     y = Wishart(torch.tensor(6.0, dtype=torch.float64), covariance_matrix=scale).sample()
     y[torch.rand(n) < 0.2] = torch.tensor([[1.0, 0.3], [0.3, 0.8]], dtype=torch.float64)
 
-    def make(seed):
+    def wishart(seed):
         torch.manual_seed(seed)
-        module = MDNModule(1, [2, 2], n_components=2, hidden_sizes=[4], family="wishart")
-        module.x_scaler.fit(x)
-        module.y_scaler.fit(y)
-        return module
+        return MDNModule(1, [2, 2], n_components=2, hidden_sizes=[4], family="wishart")
 
-    _, (member,) = fit_members(
-        make,
-        [0],
-        FitData(x, y),
-        penalty=0.01,
-        trainer=TrainerSettings(1500, 1500, 0.0),
-        lr=0.05,
-        polish=PolishSettings(True, 1e-6, 3000, 0),
-        scale_penalty=scale_penalty,
-    )
+    member = fit_one(wishart, x, y, 0.01, 1500, 0.05, scale_penalty)
     with torch.no_grad():
         ratio = member.module.family.scale_floor_ratio(member.module.mixture(x))
     return ratio, member
