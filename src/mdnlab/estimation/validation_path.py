@@ -30,6 +30,7 @@ import torch
 
 from mdnlab.errors import ConfigError
 from mdnlab.estimation.fit import FitData, MemberResult, PolishSettings, best_member, polish_members
+from mdnlab.estimation.objective import check_penalty
 from mdnlab.inference.curvature import hessian_mean_nll
 from mdnlab.inference.functional import FlatModel
 from mdnlab.inference.scores import ScoreMatrix
@@ -58,16 +59,10 @@ class PathSettings:
                 f"train.penalty_path has unknown key(s) {sorted(unknown)}; expected "
                 f"{', '.join(sorted(known))}"
             )
-        strengths = node.get("scale_penalties") or ()
-        try:
-            strengths = tuple(float(c) for c in strengths)
-        except (TypeError, ValueError):
-            strengths = (math.nan,)
-        if not all(math.isfinite(c) and c >= 0 for c in strengths):
-            raise ConfigError(
-                f"train.penalty_path.scale_penalties={node.get('scale_penalties')!r}: expected a "
-                "list of finite numbers >= 0 (or null: train.scale_penalty only)"
-            )
+        strengths = tuple(
+            check_penalty(c, "each of train.penalty_path.scale_penalties")
+            for c in node.get("scale_penalties") or ()
+        )
         settings = cls(
             float(node.get("strongest", cls.strongest)),
             float(node.get("weakest", cls.weakest)),
@@ -131,7 +126,7 @@ class PathChoice:
 def effective_params(member: MemberResult, data: FitData, penalty: float, scale_weight: float):
     """Takeuchi's (Murata's NIC) effective number of parameters, tr(A_lambda^-1 B): A_lambda
     the Hessian of the penalized objective per row, B the centred covariance of the per-row
-    scores. Unlike MacKay's gamma it stays in [0, P] where A itself has negative eigenvalues,
+    scores. Unlike MacKay's gamma it stays >= 0 where A itself has negative eigenvalues,
     as a penalized network's data term often does. NaN above ``EFFECTIVE_PARAMS_MAX_WEIGHTS``
     weights or where A_lambda is not positive definite (the fit is not at a minimum)."""
     module = member.module
