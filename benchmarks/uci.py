@@ -4,10 +4,12 @@
     python benchmarks/uci.py ../shared/uci boston concrete --splits 3
     python benchmarks/uci.py ../shared/uci boston --set model.hidden_sizes=[50] --set model.n_components=2
     python benchmarks/uci.py ../shared/uci --report-only            # the table from earlier runs
+    python benchmarks/uci.py ../shared/uci kin8nm --peer-from benchmark-results/uci  # NGBoost reused
 
 Each dataset: every split of the published protocol (20; 5 for protein) fitted with mdnlab's
-configuration (the defaults plus any --set overrides, the same for every split) and with NGBoost
-on the same train / validation / test rows. Writes <out>/<dataset>/{splits.csv, summary.json,
+benchmark configuration (conf/experiment/uci.yaml with the protocol's hidden layer, then any
+--set overrides; the same for every split) and with NGBoost on the same train / validation /
+test rows. Writes <out>/<dataset>/{splits.csv, summary.json,
 nll_by_split.png}, then <out>/table.csv and <out>/table.md, and prints the table: mdnlab, the
 peer, their paired difference (mean +- SE over splits), the published columns, 90% interval
 coverage, RMSE and wall time. Runs land in MLflow (one parent run per dataset).
@@ -51,6 +53,14 @@ def main() -> int:
         help="a Hydra override for mdnlab's runs (repeatable)",
     )
     parser.add_argument("--no-peer", action="store_true", help="fit mdnlab only")
+    parser.add_argument(
+        "--peer-from",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="reuse the peer's per-split results from an earlier run's --out folder "
+        "(<DIR>/<dataset>/splits.csv, same rows and seed); splits it lacks are fitted",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="splits fitted at once (processes)")
     parser.add_argument(
         "--report-only", action="store_true", help="print the table of earlier runs in --out"
@@ -66,6 +76,7 @@ def main() -> int:
                     args.splits,
                     tuple(args.overrides),
                     not args.no_peer,
+                    peer_from=args.peer_from,
                     jobs=args.jobs,
                 )
                 run_dataset(name, settings)

@@ -103,3 +103,29 @@ def test_outputs_for_dvc_leave_the_timings_out(tmp_path):
     assert not any("seconds" in k for k in kept) and "mdnlab/nll_mean" in kept
     write_outputs(f, summary, "boston", tmp_path, timings=True)
     assert "ngboost_seconds" in pd.read_csv(tmp_path / "splits.csv")
+
+
+def test_an_earlier_runs_peer_columns_are_reused_only_on_the_same_rows(tmp_path):
+    from mdnlab.benchmark.runner import earlier_peer
+    from mdnlab.errors import MdnlabError
+
+    f = frame(np.random.default_rng(3), n=3).assign(n_train=387, n_val=68)
+    f["ngboost_rounds"] = [120, 340, 95]
+    (tmp_path / "boston").mkdir()
+    f.drop(index=2).to_csv(tmp_path / "boston" / "splits.csv", index=False)
+    row = {"split": 1, "n_train": 387, "n_val": 68, "n_test": int(f["n_test"][1])}
+    got = earlier_peer(tmp_path, "boston", row)
+    want = {k: f[k][1] for k in f if k.startswith("ngboost_")}
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-15)
+    assert isinstance(got["ngboost_rounds"], int) and got["ngboost_rounds"] == 340
+    assert earlier_peer(tmp_path, "boston", row | {"split": 2}) is None  # not in the file
+    assert earlier_peer(tmp_path, "concrete", row) is None  # no file
+    assert earlier_peer(None, "boston", row) is None
+    with pytest.raises(MdnlabError, match=r"boston/splits.csv: split 1 has n_train = 387"):
+        earlier_peer(tmp_path, "boston", row | {"n_train": 400})
+    (tmp_path / "wine").mkdir()
+    f[["split", "n_test"]].to_csv(tmp_path / "wine" / "splits.csv", index=False)
+    with pytest.raises(MdnlabError, match=r"wine/splits.csv: expected the columns"):
+        earlier_peer(tmp_path, "wine", row)

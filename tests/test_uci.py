@@ -222,3 +222,8 @@ def test_the_benchmark_composes_its_estimator_before_the_users_overrides(tmp_pat
     assert cfg.train.penalty_select == "validation" and cfg.train.scale_penalty == 10.0
     mine = BenchmarkSettings(tmp_path, tmp_path, overrides=("model.n_components=3",))
     assert compose_config(spec, 0, mine).model.n_components == 3
+    # the protocol's network: one layer of 100 units for protein, 50 elsewhere
+    protein = uci_dataset("protein")
+    assert list(compose_config(protein, 0, mine).model.hidden_sizes) == [100]
+    wide = BenchmarkSettings(tmp_path, tmp_path, overrides=("model.hidden_sizes=[20,20]",))
+    assert list(compose_config(protein, 0, wide).model.hidden_sizes) == [20, 20]

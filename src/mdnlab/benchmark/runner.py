@@ -28,6 +28,7 @@ from mdnlab.benchmark.peers import fit_ngboost
 from mdnlab.benchmark.report import figure, summarize
 from mdnlab.cores import available_cores
 from mdnlab.data.uci import UciDataset, uci_dataset
+from mdnlab.errors import MdnlabError
 from mdnlab.interrupts import stopped_by_user
 from mdnlab.progress import say
 from mdnlab.sweep import ROLE_TAG, SWEEP_TAG, SweepContext, experiment_name, sweep_context
@@ -44,6 +45,9 @@ class BenchmarkSettings:
     splits: int | None = None  # None: the protocol's count (20; 5 for protein)
     overrides: tuple[str, ...] = ()  # Hydra overrides for mdnlab's runs
     peer: bool = True
+    # An earlier run's output folder (<peer_from>/<dataset>/splits.csv): the peer's columns
+    # are taken from it for every split it holds on the same rows, and fitted for the rest.
+    peer_from: Path | None = None
     tracking_uri: str | None = None
     jobs: int = 1  # splits fitted at once, each in a process of its own
     # Timings in splits.csv and summary.json; False for outputs that must be the same bytes
@@ -59,6 +63,7 @@ def compose_config(spec: UciDataset, split: int, settings: BenchmarkSettings):
         f"data.uci_dir={Path(settings.uci_dir).resolve()}",
         f"data.uci_name={spec.short}",
         f"data.uci_split={split}",
+        f"model.hidden_sizes=[{spec.hidden}]",  # the protocol's network (100 units: protein)
         f"logger.run_name=uci_{spec.short}-split{split:02d}",
         "rerun=true",
     ]
@@ -167,10 +172,46 @@ def fit_split(spec: UciDataset, split: int, settings: BenchmarkSettings) -> dict
         **mdnlab_columns(metrics),
     }
     if settings.peer:
-        parts = [(table.x[r], table.y[r]) for r in (rows.train, rows.val, rows.test)]
-        peer = fit_ngboost(*parts[0], *parts[1], *parts[2], int(cfg.seed))
-        row |= {f"ngboost_{k}": v for k, v in vars(peer).items()}
+        earlier = earlier_peer(settings.peer_from, spec.short, row)
+        if earlier is not None:
+            row |= earlier
+        else:
+            parts = [(table.x[r], table.y[r]) for r in (rows.train, rows.val, rows.test)]
+            peer = fit_ngboost(*parts[0], *parts[1], *parts[2], int(cfg.seed))
+            row |= {f"ngboost_{k}": v for k, v in vars(peer).items()}
     return row
+
+
+def earlier_peer(folder: Path | None, dataset: str, row: dict) -> dict[str, float] | None:
+    """The peer's columns for ``row``'s split from an earlier run's ``splits.csv``; None where
+    there is no such file or split. A split whose row counts differ is refused: the earlier
+    run fitted other rows."""
+    if folder is None:
+        return None
+    path = Path(folder) / dataset / "splits.csv"
+    if not path.is_file():
+        return None
+    try:
+        earlier = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise MdnlabError(f"{path}: not a benchmark splits.csv ({err})") from err
+    needed = {"split", "n_train", "n_val", "n_test", "ngboost_nll"}
+    if not needed <= set(earlier.columns):
+        raise MdnlabError(f"{path}: expected the columns {sorted(needed)}; it has {list(earlier)}")
+    match = earlier[earlier["split"] == row["split"]]
+    if match.empty or not np.isfinite(match["ngboost_nll"].iloc[0]):
+        return None
+    found = match.iloc[0]
+    for key in ("n_train", "n_val", "n_test"):
+        if int(found[key]) != int(row[key]):
+            raise MdnlabError(
+                f"{path}: split {row['split']} has {key} = {int(found[key])}, this run "
+                f"{int(row[key])}; the earlier run fitted other rows"
+            )
+    columns = {k: found[k].item() for k in earlier.columns if k.startswith("ngboost_")}
+    if "ngboost_rounds" in columns:
+        columns["ngboost_rounds"] = int(columns["ngboost_rounds"])
+    return columns
 
 
 def mdnlab_columns(metrics: dict[str, float]) -> dict[str, float]:
@@ -196,8 +237,8 @@ def progress_line(dataset: str, split: int, n_splits: int, row: dict) -> str:
     )
     if "ngboost_nll" in row:
         text += (
-            f", NGBoost {row['ngboost_nll']:.4f} ({row['ngboost_seconds']:.0f} s, "
-            f"{row['ngboost_rounds']} rounds)"
+            f", NGBoost {row['ngboost_nll']:.4f} ({row.get('ngboost_seconds', np.nan):.0f} s, "
+            f"{row.get('ngboost_rounds')} rounds)"
         )
     return text
 
