@@ -16,6 +16,7 @@ from mdnlab.estimation.objective import objective
 from mdnlab.inference.step import run_inference
 from mdnlab.module import MDNModule
 from mdnlab.polish import newton_polish
+from mdnlab.progress import recorded_warnings
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,12 @@ def test_diagnose_at_lambda_zero_reports_the_null_space_and_a_bootstrap_p_value(
     fit, x, y = fitted(0.0)
     inference = run_inference(fit.module, x, y, x[:3].numpy(), eig_rtol=1e-8)
     settings = DiagnosticSettings(im_bootstrap=3)
-    metrics = diagnose(fit, x, y, inference, settings, tmp_path, "test", seed=4, polish_tol=1e-8)
+    with recorded_warnings() as warned:
+        metrics = diagnose(
+            fit, x, y, inference, settings, tmp_path, "test", seed=4, polish_tol=1e-8
+        )
+    # one restart: the bootstrap p-value is not calibrated, and the run says so
+    assert any("bootstrap with 1 restart(s)" in w and "train.restarts >= 5" in w for w in warned)
     assert metrics["diagnostics/null_measured"] == inference.metrics["inference/n_null_eigs"]
     assert metrics["diagnostics/null_excess"] == (
         metrics["diagnostics/null_measured"] - metrics["diagnostics/null_predicted"]

@@ -27,6 +27,8 @@ from mdnlab.estimation.refit import refit_on_targets, simulate_targets
 from mdnlab.progress import say, warn
 
 IM_SUBSETS = ("output_bias", "all")
+# Restarts per fit at which the IM test's bootstrap p-value reached its size (docs/identifiability.md)
+CALIBRATED_RESTARTS = 5
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,13 @@ def information_matrix_test(
         f"on {observed.df} df, chi-square p = {observed.pvalue:.3g}"
     )
     if settings.im_bootstrap > 0:
+        if len(fit.members) < CALIBRATED_RESTARTS:
+            warn(
+                f"{label}information-matrix bootstrap with {len(fit.members)} restart(s): its "
+                f"p-value over-rejects when the fit can stop in a worse optimum (size 0.18 at "
+                f"1 restart, 0.03 at 5; docs/identifiability.md); use train.restarts >= "
+                f"{CALIBRATED_RESTARTS}"
+            )
         targets = simulate_targets(module, x, settings.im_bootstrap, seed)
         refits = refit_on_targets(
             module,
