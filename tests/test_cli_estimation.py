@@ -92,6 +92,7 @@ def test_validation_selection_logs_the_path_and_its_chosen_penalty(tmp_path, tin
         "train.penalty_path.weakest=0.1",
         "train.penalty_path.count=5",
         "train.polish_max_iter=3000",
+        "train.scale_penalty=1",
     ]
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -119,6 +120,13 @@ def test_validation_selection_logs_the_path_and_its_chosen_penalty(tmp_path, tin
     assert metrics["val/polish_rise"] == pytest.approx(
         metrics["val/nll"] - metrics["val/nll_before_polish"], abs=1e-12
     )
+    # the scale penalty's reference (the noise variance of the standardised y, here about the
+    # marginal one: neighbours in x fall on either branch) is saved with the model, as logged
+    client.download_artifacts(run.info.run_id, "model", str(local))
+    module = MDNModule.load_from_checkpoint(local / "model" / "model.ckpt")
+    (reference,) = module.scale_reference.tolist()
+    assert reference == pytest.approx(metrics["train/scale_reference"], rel=1e-12)
+    assert 0.5 < reference <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -131,6 +139,7 @@ def test_validation_selection_logs_the_path_and_its_chosen_penalty(tmp_path, tin
         ("train.penalty=abc", "train.penalty must be a number"),
         ("train.restarts=0", "train.restarts must be a positive integer"),
         ("train.penalty_select=bic", "train.penalty_select='bic'"),
+        ("train.scale_reference=mad", "train.scale_reference='mad'"),
     ],
 )
 def test_bad_estimation_options_stop_before_any_run(tmp_path, tiny_csv, override, expected):

@@ -284,3 +284,34 @@ def test_scale_penalty_refusals():
             cfg = compose("train", overrides=overrides)
             with pytest.raises(ConfigError, match=message):
                 Estimation.from_config(cfg)
+
+
+@pytest.mark.parametrize(("covariance", "q"), [("full", 1), ("full", 3), ("diagonal", 2)])
+def test_value_with_a_reference_is_the_inverse_wishart_terms_around_it(covariance, q):
+    torch.manual_seed(4)
+    family = build_family("gaussian", 2, (q,), covariance=covariance)
+    raw = torch.randn(7, family.n_raw_outputs, dtype=torch.float64)
+    reference = torch.linspace(0.05, 0.8, q, dtype=torch.float64)
+    r = np.diag(reference.numpy())
+    want = [
+        sum(
+            np.trace(r @ np.linalg.inv(s))
+            + np.linalg.slogdet(s)[1]
+            - np.linalg.slogdet(r)[1]
+            - q
+            for s in row
+        )
+        for row in covariances(family, raw)
+    ]
+    got = family.scale_penalty(raw, reference).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_with_a_reference_the_penalty_is_zero_at_it_and_smaller_there_than_at_the_identity():
+    family = build_family("gaussian", 1, (1,), min_scale=1e-9)
+    raw = torch.zeros(1, family.n_raw_outputs, dtype=torch.float64)
+    reference = torch.tensor([0.01], dtype=torch.float64)
+    raw[0, 1] = float(np.log(np.expm1(0.1)))  # scale 0.1: variance 0.01, the reference
+    assert abs(float(family.scale_penalty(raw, reference))) < 1e-7
+    # the identity reference charges 1/0.01 + log 0.01 - 1 = 94.4 for the same component
+    assert float(family.scale_penalty(raw)) == pytest.approx(100 + np.log(0.01) - 1, rel=1e-6)

@@ -12,6 +12,7 @@ import torch
 from torch.distributions import MixtureSameFamily
 
 from mdnlab.errors import ConfigError, TrainingError
+from mdnlab.estimation.scale_reference import neighbour_noise_variance
 from mdnlab.families import build_family
 from mdnlab.nets import mlp
 from mdnlab.scaling import AffineScaler
@@ -19,6 +20,8 @@ from mdnlab.scaling import AffineScaler
 # none: components keep the labels the fit gave them; ordered: relabelled after each fit in the
 # canonical order (diagnostics/labels.py), and per-component quantities are reported.
 IDENTIFIABILITY = ("none", "ordered")
+# The scale penalty's reference stays at least this many times model.min_scale (in scale).
+REFERENCE_FLOOR_SCALES = 10.0
 
 
 class MDNModule(pl.LightningModule):
@@ -49,6 +52,9 @@ class MDNModule(pl.LightningModule):
         self.net = mlp(in_dim, list(hidden_sizes), self.family.n_raw_outputs, activation)
         self.x_scaler = AffineScaler(in_dim)
         self.y_scaler = self.family.make_scaler()
+        # The scale penalty's reference in standardised units (``fit_scale_reference``; ones:
+        # the marginal scale), saved with the weights.
+        self.register_buffer("scale_reference", torch.ones(self.family.reference_size))
         self.double()
         self.epoch_history: dict[str, list[float]] = {"train/nll_epoch": [], "val/nll_epoch": []}
         # The scale penalty's weight per row, train.scale_penalty / n_train, for the curvature
@@ -79,7 +85,22 @@ class MDNModule(pl.LightningModule):
         log_q = log_q + self.y_scaler.log_abs_det_jacobian()
         if not weight:
             return log_q
-        return log_q - weight * self.family.scale_penalty(raw)
+        return log_q - weight * self.family.scale_penalty(raw, self.scale_reference)
+
+    def fit_scale_reference(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set the scale penalty's reference to the noise variance of the training rows (x, y in
+        original units; ``mdnlab.estimation.scale_reference``), per coordinate of y. A family
+        whose penalty has no reference is left as it is."""
+        if self.scale_reference.numel() == 0:
+            return
+        floor = (REFERENCE_FLOOR_SCALES * max(getattr(self.family, "min_scale", 1e-3), 1e-6)) ** 2
+        variance = neighbour_noise_variance(self.x_scaler(x), self.y_scaler(y), floor=floor)
+        self.scale_reference.copy_(variance)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the reference existed: the marginal scale, as they were fitted
+        state_dict.setdefault(prefix + "scale_reference", self.scale_reference.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood, nats per sample, original units."""

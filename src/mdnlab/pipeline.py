@@ -382,6 +382,9 @@ def run_tags(cfg: DictConfig, table: Table) -> dict[str, str]:
 POLISH_VAL_RISE = 0.02  # nats per sample: a rise in val/nll over the polish worth a warning
 SCALE_FLOOR_MARGIN = 10.0  # a component scale within this factor of its floor: a warning
 PENALTY_SELECTIONS = ("none", "evidence", "validation")
+# noise: the Gaussian scale penalty is centred on the nearest-neighbour noise variance of the
+# training rows; marginal: on the marginal variance (the identity in standardised units)
+SCALE_REFERENCES = ("noise", "marginal")
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,13 @@ class Estimation:
     polish: PolishSettings
     scale_penalty: float = 0.0
     path: PathSettings = PathSettings()
+    scale_reference: str = "noise"
+
+    @property
+    def needs_scale_reference(self) -> bool:
+        """The noise-variance reference is estimated only where a scale penalty is fitted."""
+        some_penalty = self.scale_penalty > 0 or any(c > 0 for c in self.path.scale_penalties)
+        return self.scale_reference == "noise" and some_penalty
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Estimation:
@@ -440,7 +450,12 @@ class Estimation:
             raise ConfigError(
                 "train.penalty_select=validation needs validation rows: data.val_fraction > 0"
             )
-        return cls(penalty, select, restarts, polish, scale_penalty, path)
+        reference = str(t.get("scale_reference", "noise"))
+        if reference not in SCALE_REFERENCES:
+            raise ConfigError(
+                f"train.scale_reference={reference!r}; expected one of {', '.join(SCALE_REFERENCES)}"
+            )
+        return cls(penalty, select, restarts, polish, scale_penalty, path, reference)
 
 
 @dataclass
@@ -471,9 +486,18 @@ def estimate(
     process other than rank 0, whose part is Adam)."""
     t = cfg.trainer
 
+    reference = None
+    if estimation.needs_scale_reference:
+        first = build_module(cfg, table, data)
+        first.fit_scale_reference(data.x["train"], data.y["train"])
+        reference = first.scale_reference
+
     def make_module(seed: int) -> MDNModule:
         torch.manual_seed(seed)
-        return build_module(cfg, table, data)
+        module = build_module(cfg, table, data)
+        if reference is not None:
+            module.scale_reference.copy_(reference)
+        return module
 
     fit_data = FitData(data.x["train"], data.y["train"], data.x["val"], data.y["val"])
     ensemble, members = fit_members(
@@ -539,6 +563,11 @@ def estimate(
                 {
                     "train/scale_penalty": scale_penalty,
                     "train/scale_penalty_term": best.scale_term,
+                    **(
+                        {"train/scale_reference": float(reference.mean())}
+                        if reference is not None and reference.numel()
+                        else {}
+                    ),
                 }
                 if scale_penalty
                 else {}

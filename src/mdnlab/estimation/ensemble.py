@@ -45,6 +45,7 @@ class MemberEnsemble(pl.LightningModule):
         # Buffers, so that they follow the module to an accelerator; not in the state_dict
         # (checkpoints carry them in ``bookkeeping``).
         self.register_buffer("alive", torch.ones(members.n_members, dtype=torch.bool), False)
+        self.register_buffer("scale_reference", template.scale_reference.clone(), False)
         # Members still training: alive and not yet out of patience (the early-stopping
         # callback clears them). The others are left out of the forward pass: their restored
         # best weights do not depend on what happens to them afterwards.
@@ -112,7 +113,9 @@ class MemberEnsemble(pl.LightningModule):
             y_rep = y_s.expand(r, *y_s.shape).reshape(r * n, *y_s.shape[1:])
         raw = raw.reshape(r * n, -1)
         log_q = self.family.mixture(raw).log_prob(y_rep).reshape(r, n)
-        penalty = self.family.scale_penalty(raw).reshape(r, n) if scale else None
+        penalty = None
+        if scale:
+            penalty = self.family.scale_penalty(raw, self.scale_reference).reshape(r, n)
         return log_q + self.y_scaler.log_abs_det_jacobian(), penalty
 
     @staticmethod

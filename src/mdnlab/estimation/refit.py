@@ -60,7 +60,8 @@ def refit_on_targets(
         log_q = family.mixture(raw).log_prob(chosen.reshape(m * n, *chosen.shape[2:]))
         nll = -(log_q.reshape(m, n) + jacobian).mean(dim=1)
         if scale_penalty:
-            nll = nll + scale_penalty / n * family.scale_penalty(raw).reshape(m, n).mean(dim=1)
+            s = family.scale_penalty(raw, module.scale_reference)
+            nll = nll + scale_penalty / n * s.reshape(m, n).mean(dim=1)
         return nll + penalty / (2.0 * n) * theta.pow(2).sum(dim=1)
 
     return polish_copies(module, members, objective, tol, max_iter, label)

@@ -116,11 +116,20 @@ class Family(ABC):
         """What this family's parameterisation leaves unidentified whatever the data."""
         return []
 
-    def scale_penalty(self, raw: torch.Tensor) -> torch.Tensor:
+    @property
+    def reference_size(self) -> int:
+        """Entries of the scale penalty's data-derived reference (``MDNModule.scale_reference``;
+        the Gaussian family's noise variance per coordinate of y); 0: the penalty has none."""
+        return 0
+
+    def scale_penalty(
+        self, raw: torch.Tensor, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per row (batch,) of raw head outputs (batch, n_raw_outputs): the penalty on the
         component scales at that row's x (``train.scale_penalty``; docs/estimation.md), in
-        standardised units, 0 at its minimum. Families without one raise ``NotImplementedError``
-        (the run's config check says so first)."""
+        standardised units, 0 at its minimum; ``reference`` (``reference_size`` entries) where
+        the family has one. Families without a penalty raise ``NotImplementedError`` (the run's
+        config check says so first)."""
         raise NotImplementedError(f"the {self.name} family has no scale penalty yet")
 
     @classmethod

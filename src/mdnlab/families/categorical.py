@@ -141,7 +141,9 @@ class CategoricalFamily(Family):
     def make_scaler(self) -> IdentityScaler:
         return IdentityScaler()
 
-    def scale_penalty(self, raw: torch.Tensor) -> torch.Tensor:
+    def scale_penalty(
+        self, raw: torch.Tensor, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """sum_k sum_d KL(uniform_{C_d} || p_kd(. | x)) = sum_k sum_d [-log C_d - mean_c log
         p_kdc] at each row's x: minus the log of a symmetric Dirichlet density on each
         component's class probabilities, up to a constant (Dirichlet pseudo-counts: with weight

@@ -61,25 +61,32 @@ class GaussianFamily(Family):
         lower[..., self._tril[0], self._tril[1]] = raw[..., 2 * q :]
         return raw[..., :q], diag, lower + torch.diag_embed(diag)
 
-    def scale_penalty(self, raw: torch.Tensor) -> torch.Tensor:
-        """sum_k [tr(Sigma_k^-1) + log det Sigma_k - q] at each row's x: minus the log of an
-        inverse-Wishart density on each component covariance with the identity (the marginal
-        scale of the standardised y) as its reference, up to a constant (Chen, Tan & Zhang
-        2008; mclust's conjugate prior). It grows without bound as any Sigma_k(x) shrinks to a
-        point, which bounds the penalized likelihood below; it is 0 at Sigma_k = I."""
+    @property
+    def reference_size(self) -> int:
+        return self.dim
+
+    def scale_penalty(
+        self, raw: torch.Tensor, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """sum_k [tr(R Sigma_k^-1) + log det Sigma_k - log det R - q] at each row's x: minus the
+        log of an inverse-Wishart density on each component covariance with scale matrix R,
+        up to a constant (Chen, Tan & Zhang 2008; mclust's conjugate prior). R = diag(reference)
+        in standardised units (None: the identity, the marginal scale there). It grows without
+        bound as any Sigma_k(x) shrinks to a point, which bounds the penalized likelihood
+        below; it is 0 at Sigma_k = R."""
         k = self.n_components
         components = raw[:, k - 1 :].reshape(raw.shape[0], k, -1)
         _, diag, scale_tril = self._scales(components)
         log_det = 2.0 * diag.log().sum(dim=-1)
+        if reference is None:
+            reference = raw.new_ones(self.dim)
         if scale_tril is None:
-            trace = diag.pow(-2).sum(dim=-1)
+            trace = (reference / diag.pow(2)).sum(dim=-1)
         else:
-            eye = torch.eye(self.dim, dtype=raw.dtype, device=raw.device)
-            inverse = torch.linalg.solve_triangular(
-                scale_tril, eye.expand_as(scale_tril), upper=False
-            )
-            trace = inverse.pow(2).sum(dim=(-2, -1))  # tr(L^-T L^-1) = |L^-1|_F^2
-        return (trace + log_det - self.dim).sum(dim=-1)
+            root = torch.diag_embed(reference.sqrt()).expand_as(scale_tril)
+            inverse = torch.linalg.solve_triangular(scale_tril, root, upper=False)
+            trace = inverse.pow(2).sum(dim=(-2, -1))  # tr(R Sigma^-1) = |L^-1 R^1/2|_F^2
+        return (trace + log_det - reference.log().sum() - self.dim).sum(dim=-1)
 
     def scale_floor_ratio(self, mixture: MixtureSameFamily) -> float:
         components = mixture.component_distribution

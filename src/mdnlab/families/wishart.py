@@ -164,7 +164,9 @@ class WishartFamily(Family):
     def make_scaler(self) -> WishartScaler:
         return WishartScaler(self.dim)
 
-    def scale_penalty(self, raw: torch.Tensor) -> torch.Tensor:
+    def scale_penalty(
+        self, raw: torch.Tensor, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """sum_k [tr(M_k^-1) + log det M_k - p] + sum_k [e_k / e0 - log(e_k / e0) - 1] at each
         row's x, M_k = df_k S_k the component's mean matrix and e_k = df_k - (p - 1) its
         degrees of freedom above the bound of a proper density, e0 = ``DF_EXCESS_REFERENCE``.
