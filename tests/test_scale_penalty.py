@@ -295,10 +295,7 @@ def test_value_with_a_reference_is_the_inverse_wishart_terms_around_it(covarianc
     r = np.diag(reference.numpy())
     want = [
         sum(
-            np.trace(r @ np.linalg.inv(s))
-            + np.linalg.slogdet(s)[1]
-            - np.linalg.slogdet(r)[1]
-            - q
+            np.trace(r @ np.linalg.inv(s)) + np.linalg.slogdet(s)[1] - np.linalg.slogdet(r)[1] - q
             for s in row
         )
         for row in covariances(family, raw)
