@@ -12,7 +12,7 @@ import torch
 from torch.distributions import MixtureSameFamily
 
 from mdnlab.errors import ConfigError, TrainingError
-from mdnlab.estimation.scale_reference import neighbour_noise_variance
+from mdnlab.estimation.scale_reference import residual_variance
 from mdnlab.families import build_family
 from mdnlab.nets import mlp
 from mdnlab.scaling import AffineScaler
@@ -88,14 +88,14 @@ class MDNModule(pl.LightningModule):
         return log_q - weight * self.family.scale_penalty(raw, self.scale_reference)
 
     def fit_scale_reference(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Set the scale penalty's reference to the noise variance of the training rows (x, y in
-        original units; ``mdnlab.estimation.scale_reference``), per coordinate of y. A family
-        whose penalty has no reference is left as it is."""
+        """Set the scale penalty's reference to the variance of the training rows (x, y in
+        original units) around this network's mean at its current weights
+        (``mdnlab.estimation.scale_reference``), per coordinate of y. A family whose penalty
+        has no reference is left as it is."""
         if self.scale_reference.numel() == 0:
             return
         floor = (REFERENCE_FLOOR_SCALES * max(getattr(self.family, "min_scale", 1e-3), 1e-6)) ** 2
-        variance = neighbour_noise_variance(self.x_scaler(x), self.y_scaler(y), floor=floor)
-        self.scale_reference.copy_(variance)
+        self.scale_reference.copy_(residual_variance(self, x, y, floor))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the reference existed: the marginal scale, as they were fitted

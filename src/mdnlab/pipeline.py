@@ -45,6 +45,7 @@ from mdnlab.estimation.fit import (
     best_member,
     fit_members,
     member_seeds,
+    polish_members,
 )
 from mdnlab.estimation.objective import check_penalty
 from mdnlab.estimation.ordering import OrderingReport, order_members
@@ -171,7 +172,7 @@ def _run(cfg: DictConfig, warnings: list[str], out_dir: Path | None = None) -> d
         log.set_tags(
             {"restarts.best": str(fit.best.index), "restarts.count": str(len(fit.members))}
         )
-        inference = infer(cfg, module, data, x_points, label, fit.penalty)
+        inference = infer(cfg, module, data, x_points, label, fit.penalty, fit.scale_penalty)
         if inference is not None:
             metrics.update(inference.metrics)
             log.set_tags({"inference.path": inference.path})
@@ -382,9 +383,9 @@ def run_tags(cfg: DictConfig, table: Table) -> dict[str, str]:
 POLISH_VAL_RISE = 0.02  # nats per sample: a rise in val/nll over the polish worth a warning
 SCALE_FLOOR_MARGIN = 10.0  # a component scale within this factor of its floor: a warning
 PENALTY_SELECTIONS = ("none", "evidence", "validation")
-# noise: the Gaussian scale penalty is centred on the nearest-neighbour noise variance of the
-# training rows; marginal: on the marginal variance (the identity in standardised units)
-SCALE_REFERENCES = ("noise", "marginal")
+# residual: the Gaussian scale penalty is centred on the training rows' variance around the
+# early-stopped network's mean; marginal: on the marginal variance (the identity, standardised)
+SCALE_REFERENCES = ("residual", "marginal")
 
 
 @dataclass(frozen=True)
@@ -397,13 +398,13 @@ class Estimation:
     polish: PolishSettings
     scale_penalty: float = 0.0
     path: PathSettings = PathSettings()
-    scale_reference: str = "noise"
+    scale_reference: str = "residual"
 
     @property
     def needs_scale_reference(self) -> bool:
-        """The noise-variance reference is estimated only where a scale penalty is fitted."""
+        """The residual reference is estimated only where a scale penalty is fitted."""
         some_penalty = self.scale_penalty > 0 or any(c > 0 for c in self.path.scale_penalties)
-        return self.scale_reference == "noise" and some_penalty
+        return self.scale_reference == "residual" and some_penalty
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Estimation:
@@ -450,12 +451,26 @@ class Estimation:
             raise ConfigError(
                 "train.penalty_select=validation needs validation rows: data.val_fraction > 0"
             )
-        reference = str(t.get("scale_reference", "noise"))
+        reference = str(t.get("scale_reference", "residual"))
         if reference not in SCALE_REFERENCES:
             raise ConfigError(
                 f"train.scale_reference={reference!r}; expected one of {', '.join(SCALE_REFERENCES)}"
             )
         return cls(penalty, select, restarts, polish, scale_penalty, path, reference)
+
+
+def set_residual_reference(ensemble, members: list[MemberResult], data: FitData) -> torch.Tensor:
+    """The scale penalty's reference from the early-stopped member with the best val NLL (the
+    first alive member without validation rows), given to the ensemble and every member."""
+    alive = [m for m in members if m.alive] or members
+    scored = [m for m in alive if np.isfinite(m.val_nll_before_polish)]
+    source = min(scored, key=lambda m: m.val_nll_before_polish) if scored else alive[0]
+    source.module.fit_scale_reference(data.x_train, data.y_train)
+    reference = source.module.scale_reference.clone()
+    ensemble.scale_reference.copy_(reference)
+    for member in members:
+        member.module.scale_reference.copy_(reference)
+    return reference
 
 
 @dataclass
@@ -486,18 +501,16 @@ def estimate(
     process other than rank 0, whose part is Adam)."""
     t = cfg.trainer
 
-    reference = None
-    if estimation.needs_scale_reference:
-        first = build_module(cfg, table, data)
-        first.fit_scale_reference(data.x["train"], data.y["train"])
-        reference = first.scale_reference
-
     def make_module(seed: int) -> MDNModule:
         torch.manual_seed(seed)
-        module = build_module(cfg, table, data)
-        if reference is not None:
-            module.scale_reference.copy_(reference)
-        return module
+        return build_module(cfg, table, data)
+
+    # With the residual reference, Adam runs without the scale penalty, the reference is read
+    # off the early-stopped weights, and the polish (or the path) fits the penalized objective.
+    residual = estimation.needs_scale_reference
+    polish_in_fit = estimation.polish
+    if estimation.select == "validation" or residual:
+        polish_in_fit = replace(estimation.polish, enabled=False)
 
     fit_data = FitData(data.x["train"], data.y["train"], data.x["val"], data.y["val"])
     ensemble, members = fit_members(
@@ -517,16 +530,19 @@ def estimate(
         float(t.weight_decay),
         t.get("batch_size"),
         int(cfg.seed),
-        # the validation path polishes from the early-stopped weights at its own penalties
-        replace(estimation.polish, enabled=False)
-        if estimation.select == "validation"
-        else estimation.polish,
+        polish_in_fit,  # the validation path polishes at its own penalties
         label,
         None if int(t.get("devices", 1)) > 1 else checkpoints,  # no resume under DDP
-        estimation.scale_penalty,
+        0.0 if residual else estimation.scale_penalty,
     )
     if is_worker_process():
         return None  # a DDP process's share of Adam is done; rank 0 does the rest
+    reference = None
+    if residual:
+        reference = set_residual_reference(ensemble, members, fit_data)
+        ensemble.scale_penalty = estimation.scale_penalty
+        if estimation.select != "validation" and estimation.polish.enabled:
+            polish_members(ensemble, members, fit_data, estimation.polish, label)
     metrics: dict[str, float] = {}
     penalty, scale_penalty = estimation.penalty, estimation.scale_penalty
     if estimation.select == "evidence":
@@ -712,7 +728,13 @@ def restart_curves(fit: Fit) -> dict[str, list[float]]:
 
 # --- inference -------------------------------------------------------------------------------
 def infer(
-    cfg, module, data: SplitTensors, x_points: np.ndarray, label: str, penalty: float = 0.0
+    cfg,
+    module,
+    data: SplitTensors,
+    x_points: np.ndarray,
+    label: str,
+    penalty: float = 0.0,
+    scale_penalty: float | None = None,
 ) -> InferenceResult | None:
     """Standard errors at the fitted weights, or None when switched off: the dense path up to
     ``inference.dense_max_params`` free weights, the matrix-free path above."""
@@ -720,7 +742,10 @@ def infer(
     if not settings.get("enabled", True):
         return None
     # the curvature and scores of the training objective, the scale penalty's terms included
-    module.scale_weight = float(cfg.train.get("scale_penalty", 0.0)) / data.size("train")
+    # (at the c the estimate minimised: the validation path may have chosen it from a list)
+    if scale_penalty is None:
+        scale_penalty = float(cfg.train.get("scale_penalty", 0.0))
+    module.scale_weight = scale_penalty / data.size("train")
     n_params = FlatModel(module, str(settings.params)).n_params
     inputs = (module, data.x["train"], data.y["train"], x_points)
     shared = {

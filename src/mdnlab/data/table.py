@@ -84,7 +84,15 @@ def _read_csv(path: Path, x_cols, y_cols, text_y: bool = False) -> Table:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable CSV file ({err})") from None
-    source = str(path)
+    return table_from_frame(frame, x_cols, y_cols, str(path), text_y)
+
+
+def table_from_frame(
+    frame: pd.DataFrame, x_cols, y_cols, source: str, text_y: bool = False
+) -> Table:
+    """A table from a DataFrame's columns, checked as a CSV file's are (``source`` names it in
+    the messages): text x columns one-hot, text y columns class codes with ``text_y``."""
+    path = source
     for field_name, cols in (("data.x_cols", x_cols), ("data.y_cols", y_cols)):
         if not cols:
             raise DataError(
@@ -207,6 +215,15 @@ def _read_npz(path: Path, x_cols, y_cols) -> Table:
                 f"or (n, p, p)"
             )
         x, y = archive["x"], archive["y"]
+    return table_from_arrays(x, y, x_cols, y_cols, source)
+
+
+def table_from_arrays(x: np.ndarray, y: np.ndarray, x_cols, y_cols, source: str) -> Table:
+    """A table from arrays x (n, d) or (n,) and y (n,), (n, q) or (n, p, p), checked as an
+    .npz file's are (``source`` names them in the messages); ``x_cols``/``y_cols`` name the
+    columns (None: x0, x1, ... and y0, ...)."""
+    path = source
+    x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
@@ -229,8 +246,8 @@ def _read_npz(path: Path, x_cols, y_cols) -> Table:
             f"per row ({len(_default_y_names(y))} entries)"
         )
     for name, values in (("x", x), ("y", y)):
-        if not np.issubdtype(values.dtype, np.number):
-            raise DataError(f"{path}: array {name} has dtype {values.dtype}; expected numbers")
+        if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+            raise DataError(f"{path}: array {name} has dtype {values.dtype}; expected real numbers")
         values = values.astype(np.float64)
         flat = values.reshape(values.shape[0], -1)
         bad_rows, bad_cols = np.nonzero(~np.isfinite(flat))

@@ -62,8 +62,10 @@ def load_path(path: Path) -> FittedModel:
         None,
     )
     schema, config = read_schema(root, module) if root is not None else (Schema(), None)
-    penalty = fitted_penalty(root, config) if root is not None else None
-    return FittedModel(module, schema, config, source=str(checkpoint), penalty=penalty)
+    penalty, scale = fitted_penalties(root, config) if root is not None else (None, None)
+    return FittedModel(
+        module, schema, config, source=str(checkpoint), penalty=penalty, scale_penalty=scale
+    )
 
 
 def read_checkpoint(path: Path):
@@ -139,7 +141,7 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
         module = read_checkpoint(Path(local[0]))
         has_config = (Path(tmp) / "config.yaml").is_file()
         schema, config = read_schema(Path(tmp), module) if has_config else (Schema(), None)
-        penalty = fitted_penalty(Path(tmp), config) if has_config else None
+        penalty, scale = fitted_penalties(Path(tmp), config) if has_config else (None, None)
     return FittedModel(
         module,
         schema,
@@ -147,23 +149,27 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
         source=f"{RUNS_URI}{run_id}/{checkpoint}",
         run_id=run_id,
         penalty=penalty,
+        scale_penalty=scale,
     )
 
 
-def fitted_penalty(folder: Path, config: dict | None) -> float | None:
-    """The lambda the run's estimate minimised: ``train/penalty`` in its metrics.json (which
-    ``train.penalty_select=evidence`` may have moved from the configured one), else
-    ``train.penalty`` in its config."""
+def fitted_penalties(folder: Path, config: dict | None) -> tuple[float | None, float | None]:
+    """The lambda and the scale-penalty strength c the run's estimate minimised:
+    ``train/penalty`` and ``train/scale_penalty`` in its metrics.json (the validation path or
+    the evidence may have moved them from the configured ones; a run logs the second only when
+    it is above 0), else ``train.penalty`` and ``train.scale_penalty`` in its config."""
     import json
 
     path = folder / "metrics.json"
     if path.is_file():
         try:
-            return float(json.loads(path.read_text())["train/penalty"])
-        except (ValueError, KeyError, TypeError):
+            metrics = json.loads(path.read_text())
+            return float(metrics["train/penalty"]), float(metrics.get("train/scale_penalty", 0.0))
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
     train = (config or {}).get("train") or {}
-    return float(train["penalty"]) if "penalty" in train else None
+    penalty = float(train["penalty"]) if "penalty" in train else None
+    return penalty, float(train.get("scale_penalty", 0.0) or 0.0)
 
 
 def checkpoint_artifact(subpath: str) -> str:

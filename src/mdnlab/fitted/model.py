@@ -36,6 +36,8 @@ class FittedModel:
         source: str | None = None,
         run_id: str | None = None,
         penalty: float | None = None,
+        scale_penalty: float | None = None,
+        training: tuple | None = None,
     ):
         self.module = module.eval()
         self.schema = schema or Schema()
@@ -43,6 +45,10 @@ class FittedModel:
         self.source = source
         self.run_id = run_id
         self.penalty = penalty  # the training objective's lambda (None: unknown)
+        self.scale_penalty = scale_penalty  # its scale-penalty strength c (None: unknown)
+        # (x, y) training tensors where the model was fitted in memory (``mdnlab.MDN``): the
+        # standard errors use them instead of rereading the run's data file
+        self.training = training
 
     def __repr__(self) -> str:
         f = self.family

@@ -32,17 +32,27 @@ def delta_method_ses(model, inputs: torch.Tensor) -> pd.DataFrame:
             "config.yaml; the standard errors need the run's training data"
         )
     cfg = OmegaConf.create(model.config)
-    try:
-        table, splits = load_data(cfg)
-    except (MdnlabError, OSError) as err:
-        raise FittedModelError(
-            f"predict(se=True): the run's training data {cfg.data.path} could not be read again "
-            f"({_first_line(err)}); the standard errors need it (run from the directory the run "
-            "was trained in, or restore the file)"
-        ) from None
+    if model.training is not None:  # fitted in memory (mdnlab.MDN): its own training rows
+        x, y = model.training
+        empty_x, empty_y = x[:0], y[:0]
+        data = SplitTensors(
+            {"train": x, "val": empty_x, "test": empty_x},
+            {"train": y, "val": empty_y, "test": empty_y},
+        )
+    else:
+        try:
+            table, splits = load_data(cfg)
+        except (MdnlabError, OSError) as err:
+            raise FittedModelError(
+                f"predict(se=True): the run's training data {cfg.data.path} could not be read "
+                f"again ({_first_line(err)}); the standard errors need it (run from the "
+                "directory the run was trained in, or restore the file)"
+            ) from None
+        data = SplitTensors.from_table(table, splits)
     cfg.inference.enabled = True
     penalty = model.penalty if model.penalty is not None else 0.0
-    data = SplitTensors.from_table(table, splits)
-    result = infer(cfg, model.module, data, inputs.numpy(), label="", penalty=penalty)
+    result = infer(
+        cfg, model.module, data, inputs.numpy(), "", penalty, scale_penalty=model.scale_penalty
+    )
     frame = result.predictions.rename(columns={"point": "row"})
     return frame[["row", "quantity", *SE_COLUMNS]]
