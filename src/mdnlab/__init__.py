@@ -9,4 +9,12 @@ def load(ref, tracking_uri: str | None = None):
     return _load(ref, tracking_uri)
 
 
-__all__ = ["load"]
+def __getattr__(name: str):
+    if name == "MDN":  # lazy, as load: `import mdnlab` stays light
+        from mdnlab.api import MDN
+
+        return MDN
+    raise AttributeError(f"module 'mdnlab' has no attribute {name!r}")
+
+
+__all__ = ["MDN", "load"]

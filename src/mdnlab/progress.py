@@ -8,10 +8,21 @@ import time
 from contextlib import contextmanager
 
 _recorders: list[list[str]] = []
+_silenced = [0]  # open ``silenced`` blocks
 
 
 def quiet() -> bool:
-    return bool(os.environ.get("CI"))
+    return bool(os.environ.get("CI")) or _silenced[0] > 0
+
+
+@contextmanager
+def silenced(active: bool = True):
+    """No progress lines inside the block (``warn`` still prints): ``mdnlab.MDN(verbose=False)``."""
+    _silenced[0] += int(active)
+    try:
+        yield
+    finally:
+        _silenced[0] -= int(active)
 
 
 def say(message: str) -> None:

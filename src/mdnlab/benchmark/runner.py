@@ -26,6 +26,7 @@ import pandas as pd
 from mdnlab import tracking
 from mdnlab.benchmark.peers import fit_ngboost
 from mdnlab.benchmark.report import figure, summarize
+from mdnlab.configuration import compose_train_config
 from mdnlab.cores import available_cores
 from mdnlab.data.uci import UciDataset, uci_dataset
 from mdnlab.errors import MdnlabError
@@ -33,7 +34,6 @@ from mdnlab.interrupts import stopped_by_user
 from mdnlab.progress import say
 from mdnlab.sweep import ROLE_TAG, SWEEP_TAG, SweepContext, experiment_name, sweep_context
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 BENCHMARK_TAG = "mdnlab.benchmark"
 MC_DROPOUT_FILE = "mc_dropout_test_ll.txt"
 
@@ -56,8 +56,6 @@ class BenchmarkSettings:
 
 
 def compose_config(spec: UciDataset, split: int, settings: BenchmarkSettings):
-    from hydra import compose, initialize_config_dir
-
     overrides = [
         "experiment=uci",  # the benchmark's estimator (conf/experiment/uci.yaml)
         f"data.uci_dir={Path(settings.uci_dir).resolve()}",
@@ -71,8 +69,7 @@ def compose_config(spec: UciDataset, split: int, settings: BenchmarkSettings):
         overrides.append(f"logger.tracking_uri={settings.tracking_uri}")
     if settings.jobs > 1:  # each process its share of the cores (runs' own threads=... win)
         overrides.append(f"threads={max(1, available_cores() // settings.jobs)}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides + list(settings.overrides))
+    return compose_train_config(overrides + list(settings.overrides))
 
 
 def split_count(spec: UciDataset, asked: int | None) -> int:
