@@ -30,6 +30,16 @@ from mdnlab.pipeline import run
         ("logger.tracking_uri=foo://bar", "unsupported scheme 'foo'"),
         ("trainer.accelerator=tpu", "trainer.accelerator='tpu': expected one of cpu, gpu, auto"),
         ("rerun=maybe", "rerun='maybe': expected true or false"),
+        ("threads=abc", "threads='abc': expected an integer >= 1"),
+        ("threads=0", "threads=0: expected an integer >= 1"),
+        ("train.polish=no", "train.polish='no': expected true or false"),
+        ("train.polish_tol=abc", "train.polish_tol='abc': expected a finite number"),
+        ("train.polish_max_iter=0", "train.polish_max_iter=0: expected an integer >= 1"),
+        ("inference.params=foo", "inference.params='foo': expected one of all, head"),
+        ("inference.chunk=0", "inference.chunk=0: expected an integer >= 1"),
+        ("inference.eig_rtol=abc", "inference.eig_rtol='abc': expected a finite number"),
+        ("inference.enabled=yes", "inference.enabled='yes': expected true or false"),
+        ("inference.max_points=0", "inference.max_points=0: expected an integer >= 1"),
     ],
 )
 def test_bad_values_stop_before_the_store_is_touched(tmp_path, tiny_csv, override, expected):

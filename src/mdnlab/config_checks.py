@@ -40,6 +40,56 @@ def check_run_config(cfg) -> None:
     if not isinstance(cfg.get("rerun", False), bool):
         raise ConfigError(f"rerun={cfg.rerun!r}: expected true or false")
     check_tracking_uri(cfg.logger.get("tracking_uri"))
+    check_threads(cfg.get("threads", "auto"))
+    check_polish(cfg.train)
+    check_inference(cfg.get("inference"))
+
+
+def boolean(key: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    return value
+
+
+def check_threads(value) -> None:
+    if value not in (None, "auto"):
+        whole_number("threads", value, minimum=1)
+
+
+def check_polish(train) -> None:
+    boolean("train.polish", train.get("polish", True))
+    positive_number("train.polish_tol", train.get("polish_tol", 1e-6))
+    whole_number("train.polish_max_iter", train.get("polish_max_iter", 5000), minimum=1)
+    whole_number("train.newton_max_params", train.get("newton_max_params", 300), minimum=0)
+
+
+def check_inference(inference) -> None:
+    """``inference.*``, which the run reads only after training: checked before it."""
+    if inference is None:
+        return
+    from mdnlab.inference.functional import PARAM_SETS
+
+    boolean("inference.enabled", inference.get("enabled", True))
+    params = inference.get("params", "all")
+    if params not in PARAM_SETS:
+        raise ConfigError(f"inference.params={params!r}: expected one of {', '.join(PARAM_SETS)}")
+    for key in ("eig_rtol", "grad_tol", "solver_rtol"):
+        if key in inference:
+            positive_number(f"inference.{key}", inference[key])
+    if "basis_rtol" in inference:
+        nonnegative_number("inference.basis_rtol", inference.basis_rtol)
+    for key, minimum in (
+        ("chunk", 1),
+        ("dense_max_params", 0),
+        ("weight_se_max_params", 0),
+        ("solver_max_iter", 1),
+        ("lanczos_steps", 0),
+        ("hvp_cache_rows", 0),
+    ):
+        if key in inference:
+            whole_number(f"inference.{key}", inference[key], minimum=minimum)
+    if inference.get("max_points") is not None:
+        whole_number("inference.max_points", inference.max_points, minimum=1)
 
 
 ACCELERATORS = ("cpu", "gpu", "auto")

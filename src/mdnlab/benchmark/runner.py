@@ -222,6 +222,8 @@ def mdnlab_columns(metrics: dict[str, float]) -> dict[str, float]:
         "grad_norm": "train/grad_norm",
         "scale_floor_ratio": "train/scale_floor_ratio",
         "penalty": "train/penalty",
+        "scale_penalty": "train/scale_penalty",
+        "scale_reference": "train/scale_reference",
         "seconds": "run/seconds",
     }
     return {f"mdnlab_{k}": float(metrics.get(v, np.nan)) for k, v in names.items()}
