@@ -40,6 +40,8 @@ def files(tmp_path_factory) -> Path:
     matrices[5] = np.diag([1.0, -1.0, 1.0])
     np.savez(d / "not_spd.npz", x=rng.uniform(size=(40, 1)), y=matrices)
     np.savez(d / "shape.npz", x=rng.uniform(size=(40, 1)), y=rng.normal(size=(40, 3, 2)))
+    np.savez(d / "objects.npz", x=np.array([[1.0], ["a"]] * 20, dtype=object), y=np.ones(40))
+    np.savez(d / "complex.npz", x=rng.uniform(size=(40, 1)) + 1j, y=rng.normal(size=40))
     return d
 
 
@@ -48,6 +50,14 @@ CASES = {
     "nan": (["data.path={d}/nan.csv"], "nan.csv: column 'x', row 3 (line 5): value is missing"),
     "inf": (["data.path={d}/inf.csv"], "inf.csv: column 'y', row 4 (line 6): value"),
     "empty_file": (["data.path={d}/empty.csv"], "empty.csv: not a readable CSV file"),
+    "object_arrays": (
+        ["data.path={d}/objects.npz", *NPZ],
+        "objects.npz: arrays x and y must hold numbers",
+    ),
+    "complex_values": (
+        ["data.path={d}/complex.npz", *NPZ],
+        "complex.npz: array x has dtype complex128; expected real numbers",
+    ),
     "one_row": (["data.path={d}/one.csv"], "one.csv: 1 rows; at least 10 are needed"),
     "text_in_numeric_column": (
         ["data.path={d}/text.csv"],

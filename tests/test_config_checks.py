@@ -40,6 +40,7 @@ from mdnlab.pipeline import run
         ("inference.eig_rtol=abc", "inference.eig_rtol='abc': expected a finite number"),
         ("inference.enabled=yes", "inference.enabled='yes': expected true or false"),
         ("inference.max_points=0", "inference.max_points=0: expected an integer >= 1"),
+        ("data.path=???", "data.path is required and not set"),
     ],
 )
 def test_bad_values_stop_before_the_store_is_touched(tmp_path, tiny_csv, override, expected):

@@ -25,6 +25,7 @@ TRACKING_SCHEMES = {
 
 
 def check_run_config(cfg) -> None:
+    check_required(cfg)
     seed_of(cfg.seed)
     t = cfg.trainer
     positive_number("trainer.lr", t.lr)
@@ -43,6 +44,19 @@ def check_run_config(cfg) -> None:
     check_threads(cfg.get("threads", "auto"))
     check_polish(cfg.train)
     check_inference(cfg.get("inference"))
+
+
+def check_required(cfg) -> None:
+    """Keys the config leaves ``???`` (such as ``data.path`` under ``data=file``) must be set."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} is required and not set; give it on the command line "
+            f"({missing[0]}=...)"
+            + (f"; also unset: {', '.join(missing[1:])}" if missing[1:] else "")
+        )
 
 
 def boolean(key: str, value) -> bool:

@@ -214,7 +214,12 @@ def _read_npz(path: Path, x_cols, y_cols) -> Table:
                 f"{', '.join(archive.files) or 'no arrays'}; expected x (n, d) and y (n,), (n, q) "
                 f"or (n, p, p)"
             )
-        x, y = archive["x"], archive["y"]
+        try:
+            x, y = archive["x"], archive["y"]
+        except ValueError as err:  # object arrays: numpy refuses them without pickle
+            raise DataError(
+                f"{path}: arrays x and y must hold numbers ({err}); expected numeric arrays"
+            ) from None
     return table_from_arrays(x, y, x_cols, y_cols, source)
 
 
