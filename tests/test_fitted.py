@@ -532,6 +532,9 @@ def test_errors_are_one_line(tmp_path):
         (lambda: fitted.modes(x), FittedModelError, "scalar y"),
         (lambda: fitted.class_probabilities(x), FittedModelError, "model=categorical"),
     ]
+    broken = write_run(tmp_path / "broken", module, data_config(["a", "b"], ["u", "v"]))
+    (broken / "metrics.json").write_text("{not json")
+    cases.append((lambda: mdnlab.load(broken), LoadError, r"metrics.json: expected JSON"))
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
     cases.append((lambda: mdnlab.load(junk), LoadError, "not a readable checkpoint"))

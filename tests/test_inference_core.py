@@ -162,3 +162,13 @@ def test_sandwich_differs_from_inverse_hessian_under_heavy_tails():
     )
     ratio = se_s[:, names.index("cov[0,0]")] / se_h[:, names.index("cov[0,0]")]
     assert np.mean(np.abs(ratio - 1)) > 0.10, ratio  # versus every point within 10% above
+
+
+def test_a_variance_below_zero_by_round_off_gives_se_0_and_beyond_it_nan():
+    from mdnlab.inference.delta import standard_errors_of
+
+    variance = np.array([4.0, 1e-2, -1e-17, 0.0, -0.3])
+    got = standard_errors_of(variance)
+    np.testing.assert_array_equal(got[:4], [2.0, 0.1, 0.0, 0.0])
+    assert np.isnan(got[4])  # -0.3 of a largest 4.0: not round-off, no SE exists
+    assert np.isnan(standard_errors_of(np.array([-1e-20]))[0])  # all of the batch negative

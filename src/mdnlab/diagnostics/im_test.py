@@ -98,6 +98,7 @@ from torch.func import grad, jacfwd, jacrev, vmap
 from mdnlab.inference.covariance import Spectrum
 from mdnlab.inference.curvature import hessian_mean_nll, per_sample_scores
 from mdnlab.inference.functional import FlatModel
+from mdnlab.progress import warn
 
 Subset = str | Sequence[str] | Callable[[str], bool]
 
@@ -313,8 +314,12 @@ def _solve_curvature(a: np.ndarray, shift: float, rhs: np.ndarray, eig_rtol: flo
         try:
             factor = scipy.linalg.cho_factor(curvature, lower=True, check_finite=False)
             return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
-        except np.linalg.LinAlgError:
-            pass  # not positive definite: the fit is not at a strict minimum of J
+        except np.linalg.LinAlgError:  # not positive definite: not a strict minimum of J
+            warn(
+                "information-matrix test: A_lambda is not positive definite at the estimate "
+                "(not a strict minimum of the objective); its pseudo-inverse on the positive "
+                f"eigenvalues (eig_rtol {eig_rtol:g}) is used instead"
+            )
     values, vectors = scipy.linalg.eigh(curvature, driver="evd")
     kept = Spectrum.of(values, eig_rtol).retained
     basis = vectors[:, kept]

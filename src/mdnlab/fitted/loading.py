@@ -165,8 +165,12 @@ def fitted_penalties(folder: Path, config: dict | None) -> tuple[float | None, f
         try:
             metrics = json.loads(path.read_text())
             return float(metrics["train/penalty"]), float(metrics.get("train/scale_penalty", 0.0))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise LoadError(
+                f"{path}: expected JSON with a number train/penalty ({_first_line(err)}); "
+                "without it the penalty the estimate minimised, which its standard errors "
+                "need, is unknown"
+            ) from None
     train = (config or {}).get("train") or {}
     penalty = float(train["penalty"]) if "penalty" in train else None
     return penalty, float(train.get("scale_penalty", 0.0) or 0.0)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from mdnlab.inference.delta import gradient_basis, quadratic_forms
+from mdnlab.inference.delta import gradient_basis, quadratic_forms, standard_errors_of
 from mdnlab.inference.scores import ScoreDirections, ScoreMatrix
 
 
@@ -95,7 +95,7 @@ class CholeskyCurvature:
         solved = self.solve(basis)
         var_hessian = quadratic_forms(coefficients, basis.T @ solved) / self.n
         var_sandwich = quadratic_forms(coefficients, self.scores.project(solved)) / self.n
-        return np.sqrt(np.maximum(var_hessian, 0.0)), np.sqrt(np.maximum(var_sandwich, 0.0))
+        return standard_errors_of(var_hessian), standard_errors_of(var_sandwich)
 
     def weight_standard_errors(self) -> tuple[np.ndarray, np.ndarray]:
         """SEs of every weight: the diagonals of both covariances (the inverse by LAPACK's
@@ -103,7 +103,7 @@ class CholeskyCurvature:
         inverse = self.inverse()
         var_hessian = np.diag(inverse) / self.n
         var_sandwich = self.scores.variances(inverse) / self.n
-        return np.sqrt(np.maximum(var_hessian, 0.0)), np.sqrt(np.maximum(var_sandwich, 0.0))
+        return standard_errors_of(var_hessian), standard_errors_of(var_sandwich)
 
     def inverse(self) -> np.ndarray:
         """(A + shift I)^-1 in full (LAPACK's potri, ~2P^3/3 flops), kept for the TIC trace."""

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from mdnlab.inference.delta import standard_errors_of
+
 
 @dataclass(frozen=True)
 class Spectrum:
@@ -85,7 +87,7 @@ class Curvature:
         w = (gradients @ self.vectors) * self.inv_values  # m x k: G V_k L_k^-1
         var_hessian = np.sum(w * (gradients @ self.vectors), axis=1) / self.n
         var_sandwich = np.einsum("ij,jk,ik->i", w, self.projected_b, w) / self.n
-        return np.sqrt(np.maximum(var_hessian, 0.0)), np.sqrt(np.maximum(var_sandwich, 0.0))
+        return standard_errors_of(var_hessian), standard_errors_of(var_sandwich)
 
     def weight_standard_errors(self) -> tuple[np.ndarray, np.ndarray]:
         return self.standard_errors(np.eye(self.vectors.shape[0]))

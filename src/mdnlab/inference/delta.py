@@ -71,3 +71,18 @@ def wide_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def quadratic_forms(coefficients: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """(m,): c_j' M c_j for each row c_j of ``coefficients`` (m x r), M (r x r)."""
     return np.sum((coefficients @ matrix) * coefficients, axis=1)
+
+
+# A variance computed as a quadratic form can land a little below 0 by round-off where it is 0;
+# below this fraction of the batch's largest |variance| it is not round-off.
+ROUNDOFF_RTOL = 1e-10
+
+
+def standard_errors_of(variance: np.ndarray) -> np.ndarray:
+    """Square roots of delta-method variances: 0 where a variance is below 0 by round-off, NaN
+    where it is below 0 beyond it (an inverse Hessian that is not positive definite along that
+    gradient: the estimate is not at a minimum there, and no SE exists)."""
+    variance = np.asarray(variance, dtype=np.float64)
+    scale = max(float(np.max(np.abs(variance), initial=0.0)), np.finfo(np.float64).tiny)
+    negative = variance < -ROUNDOFF_RTOL * scale
+    return np.where(negative, np.nan, np.sqrt(np.maximum(variance, 0.0)))

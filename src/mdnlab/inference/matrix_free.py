@@ -39,7 +39,7 @@ import scipy.linalg
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from mdnlab.inference.delta import gradient_basis, quadratic_forms
+from mdnlab.inference.delta import gradient_basis, quadratic_forms, standard_errors_of
 from mdnlab.inference.functional import FlatModel
 from mdnlab.inference.scores import ScoreDirections
 
@@ -228,8 +228,8 @@ def solve_standard_errors(
     var_hessian = np.einsum("pm,mp->m", u, gradients) / n
     scores = ScoreDirections(operator.flat, x, y, chunk)
     var_sandwich = quadratic_forms(coefficients, scores.project(solutions)) / n
-    se_h = np.where(converged, np.sqrt(np.maximum(var_hessian, 0.0)), np.nan)
-    se_s = np.where(converged, np.sqrt(np.maximum(var_sandwich, 0.0)), np.nan)
+    se_h = np.where(converged, standard_errors_of(var_hessian), np.nan)
+    se_s = np.where(converged, standard_errors_of(var_sandwich), np.nan)
     report = SolveReport(
         r, iterations, residual, outside, converged, solve_seconds, solve_seconds / max(r, 1)
     )
