@@ -45,6 +45,7 @@ from mdnlab.estimation.fit import (
     best_member,
     fit_members,
     member_seeds,
+    polish_members,
 )
 from mdnlab.estimation.objective import check_penalty
 from mdnlab.estimation.ordering import OrderingReport, order_members
@@ -451,15 +452,6 @@ class Estimation:
                 "train.penalty_select=validation needs validation rows: data.val_fraction > 0"
             )
         reference = str(t.get("scale_reference", "residual"))
-        if (
-            reference == "residual"
-            and int(cfg.trainer.get("devices", 1)) > 1
-            and (scale_penalty or path.scale_penalties)
-        ):
-            raise ConfigError(
-                "train.scale_reference=residual fits a pilot on one device; with "
-                "trainer.devices > 1 use train.scale_reference=marginal"
-            )
         if reference not in SCALE_REFERENCES:
             raise ConfigError(
                 f"train.scale_reference={reference!r}; expected one of {', '.join(SCALE_REFERENCES)}"
@@ -467,14 +459,18 @@ class Estimation:
         return cls(penalty, select, restarts, polish, scale_penalty, path, reference)
 
 
-def residual_reference(members: list[MemberResult], data: FitData) -> torch.Tensor:
+def set_residual_reference(ensemble, members: list[MemberResult], data: FitData) -> torch.Tensor:
     """The scale penalty's reference from the early-stopped member with the best val NLL (the
-    first alive member without validation rows)."""
+    first alive member without validation rows), given to the ensemble and every member."""
     alive = [m for m in members if m.alive] or members
     scored = [m for m in alive if np.isfinite(m.val_nll_before_polish)]
     source = min(scored, key=lambda m: m.val_nll_before_polish) if scored else alive[0]
     source.module.fit_scale_reference(data.x_train, data.y_train)
-    return source.module.scale_reference.clone()
+    reference = source.module.scale_reference.clone()
+    ensemble.scale_reference.copy_(reference)
+    for member in members:
+        member.module.scale_reference.copy_(reference)
+    return reference
 
 
 @dataclass
@@ -509,66 +505,44 @@ def estimate(
         torch.manual_seed(seed)
         return build_module(cfg, table, data)
 
+    # With the residual reference, Adam runs without the scale penalty, the reference is read
+    # off the early-stopped weights, and the polish (or the path) fits the penalized objective.
+    residual = estimation.needs_scale_reference
     polish_in_fit = estimation.polish
-    if estimation.select == "validation":
-        polish_in_fit = replace(estimation.polish, enabled=False)  # the path polishes itself
+    if estimation.select == "validation" or residual:
+        polish_in_fit = replace(estimation.polish, enabled=False)
+
     fit_data = FitData(data.x["train"], data.y["train"], data.x["val"], data.y["val"])
-    seeds = member_seeds(int(cfg.seed), estimation.restarts)
-    trainer = TrainerSettings(
-        int(t.max_epochs),
-        int(t.patience),
-        float(t.get("min_delta", 0.0)),
-        str(t.get("accelerator", "cpu")),
-        str(t.get("strategy", "auto")),
-        int(t.get("devices", 1)),
-    )
-
-    def adam(make, polish, scale_penalty, run_label, checkpointing):
-        return fit_members(
-            make,
-            seeds,
-            fit_data,
-            estimation.penalty,
-            trainer,
-            float(t.lr),
-            float(t.weight_decay),
-            t.get("batch_size"),
-            int(cfg.seed),
-            polish,
-            run_label,
-            checkpointing,
-            scale_penalty,
-        )
-
-    # The residual reference: a pilot Adam without the scale penalty measures the noise around
-    # its early-stopped mean; the fit then minimises the penalized objective with that reference
-    # from the same initial weights (Adam, then the polish or the path).
-    reference = None
-    if estimation.needs_scale_reference:
-        _, pilot = adam(
-            make_module,
-            replace(estimation.polish, enabled=False),
-            0.0,
-            f"{label}(pilot for train.scale_reference) ",
-            None,
-        )
-        reference = residual_reference(pilot, fit_data)
-
-    def make_fit_module(seed: int) -> MDNModule:
-        module = make_module(seed)
-        if reference is not None:
-            module.scale_reference.copy_(reference)
-        return module
-
-    ensemble, members = adam(
-        make_fit_module,
-        polish_in_fit,
-        estimation.scale_penalty,
+    ensemble, members = fit_members(
+        make_module,
+        member_seeds(int(cfg.seed), estimation.restarts),
+        fit_data,
+        estimation.penalty,
+        TrainerSettings(
+            int(t.max_epochs),
+            int(t.patience),
+            float(t.get("min_delta", 0.0)),
+            str(t.get("accelerator", "cpu")),
+            str(t.get("strategy", "auto")),
+            int(t.get("devices", 1)),
+        ),
+        float(t.lr),
+        float(t.weight_decay),
+        t.get("batch_size"),
+        int(cfg.seed),
+        polish_in_fit,  # the validation path polishes at its own penalties
         label,
         None if int(t.get("devices", 1)) > 1 else checkpoints,  # no resume under DDP
+        0.0 if residual else estimation.scale_penalty,
     )
     if is_worker_process():
         return None  # a DDP process's share of Adam is done; rank 0 does the rest
+    reference = None
+    if residual:
+        reference = set_residual_reference(ensemble, members, fit_data)
+        ensemble.scale_penalty = estimation.scale_penalty
+        if estimation.select != "validation" and estimation.polish.enabled:
+            polish_members(ensemble, members, fit_data, estimation.polish, label)
     metrics: dict[str, float] = {}
     penalty, scale_penalty = estimation.penalty, estimation.scale_penalty
     if estimation.select == "evidence":

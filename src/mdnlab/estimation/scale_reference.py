@@ -1,9 +1,9 @@
 """The scale penalty's reference scale: the variance of y around the early-stopped network's
 conditional mean, per coordinate of y, in standardised units.
 
-The penalty pulls each component covariance towards this reference (docs/estimation.md). A
-pilot Adam with early stopping runs without the penalty; its weights' residuals on the training
-rows then measure the noise the data show around a mean the network can fit, so the penalty's strength c
+The penalty pulls each component covariance towards this reference (docs/estimation.md). Adam
+with early stopping runs without the penalty; its weights' residuals on the training rows then
+measure the noise the data show around a mean the network can fit, so the penalty's strength c
 means the same on a dataset with little noise (Yacht, Naval) as on one with much (Wine). For a
 multimodal law the residual variance is the conditional variance, larger than a component's:
 the penalty never pulls a component below the spread the data show.
