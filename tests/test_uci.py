@@ -220,6 +220,8 @@ def test_the_benchmark_composes_its_estimator_before_the_users_overrides(tmp_pat
     assert cfg.data.uci_name == "boston" and cfg.data.uci_split == 3
     assert list(cfg.model.hidden_sizes) == [50] and cfg.model.n_components == 2
     assert cfg.train.penalty_select == "validation" and cfg.train.scale_penalty == 10.0
+    assert list(cfg.train.penalty_path.scale_penalties) == [1, 10, 100]
+    assert cfg.train.scale_reference == "residual"
     mine = BenchmarkSettings(tmp_path, tmp_path, overrides=("model.n_components=3",))
     assert compose_config(spec, 0, mine).model.n_components == 3
     # the protocol's network: one layer of 100 units for protein, 50 elsewhere
