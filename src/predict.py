@@ -330,6 +330,26 @@ def check_samples_fit(model, request: Request) -> None:
         )
 
 
+# The draws are held in memory (float64) before they are written: at most this many bytes.
+MAX_DRAW_BYTES = 2 * 1024**3
+
+
+def check_draws_memory(rows: int, model, request: Request) -> None:
+    if not request.samples:
+        return
+    size = 1
+    for s in model.event_shape:
+        size *= s
+    needed = rows * request.n_samples * size * 8
+    if needed > MAX_DRAW_BYTES:
+        most = max(1, MAX_DRAW_BYTES // max(1, rows * size * 8))
+        raise ConfigError(
+            f"n_samples={request.n_samples}: {rows} input rows x {request.n_samples} draws need "
+            f"{needed / 1024**3:.1f} GiB; at most {most} draws per row fit in "
+            f"{MAX_DRAW_BYTES // 1024**3} GiB (split the input, or ask for fewer)"
+        )
+
+
 def sample_labels(model, draws):
     """CSV draws of a single class-coded y column: its labels where it has them."""
     import numpy as np
@@ -405,6 +425,7 @@ def run(request: Request) -> str:
     model = mdnlab.load(request.run, tracking_uri=request.tracking_uri)
     check_samples_fit(model, request)
     inputs = read_input(request.input, model)
+    check_draws_memory(inputs.x.shape[0], model, request)
     columns = predict_columns(model, inputs.x, request)
     draws = None
     if request.samples:

@@ -345,6 +345,10 @@ def test_bad_arguments_and_inputs(k1_run, k1_input, tmp_path, capsys):
             [run, inp, output, "what=samples", "n_samples=0"],
             "n_samples=0: expected an integer >= 1",
         ),
+        (
+            [run, inp, f"output={tmp_path / 'big.npz'}", "what=samples", "n_samples=1000000000"],
+            r"n_samples=1000000000: \d+ input rows x 1000000000 draws need .* GiB",
+        ),
         ([run, inp, f"output={tmp_path / 'out.txt'}"], r"suffix '.txt'; expected .csv or .npz"),
         ([run, inp], "output= required"),
         ([run, inp, f"output={k1_input}"], "is the input file"),
