@@ -532,6 +532,13 @@ def test_errors_are_one_line(tmp_path):
         (lambda: fitted.modes(x), FittedModelError, "scalar y"),
         (lambda: fitted.class_probabilities(x), FittedModelError, "model=categorical"),
     ]
+    cases.append(
+        (
+            lambda: mdnlab.load("runs:/abc", tracking_uri="foo://bar"),
+            LoadError,
+            "tracking URI 'foo://bar': unsupported scheme 'foo'",
+        )
+    )
     broken = write_run(tmp_path / "broken", module, data_config(["a", "b"], ["u", "v"]))
     (broken / "metrics.json").write_text("{not json")
     cases.append((lambda: mdnlab.load(broken), LoadError, r"metrics.json: expected JSON"))

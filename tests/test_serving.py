@@ -192,6 +192,13 @@ def test_the_served_model_answers_over_http(gaussian_run, tmp_path):
 
         status, answer = post(port, {"dataframe_split": {"columns": ["z"], "data": [[0.0]]}})
         assert status == 400 and "missing inputs ['x']" in answer["message"]
+        # a value the model refuses (missing): 400 and the reason, no stack trace
+        status, answer = post(port, {"dataframe_split": {"columns": ["x"], "data": [[None]]}})
+        assert status == 400 and "row 0: value is missing" in answer["message"], answer
+        assert "Traceback" not in json.dumps(answer)
+        bad_q = {**body, "params": {"what": "quantiles", "quantiles": [1.5]}}
+        status, answer = post(port, bad_q)
+        assert status == 400 and "1.5" in answer["message"], answer
     finally:
         if group_alive(server.pid):
             os.killpg(server.pid, signal.SIGTERM)

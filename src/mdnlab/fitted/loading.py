@@ -94,6 +94,7 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from mdnlab.config_checks import check_tracking_uri
     from mdnlab.tracking import (
         global_tracking_uri,
         no_artifact_progress_bars,
@@ -102,6 +103,10 @@ def load_run(run_id: str, subpath: str, tracking_uri: str | None) -> FittedModel
     )
 
     uri = resolve_tracking_uri(tracking_uri)
+    try:
+        check_tracking_uri(uri)
+    except MdnlabError as err:
+        raise LoadError(str(err).replace("logger.tracking_uri=", "tracking URI ")) from None
     db = sqlite_path(uri)
     if db is not None and not db.is_file():  # MLflow would create an empty store there
         raise LoadError(

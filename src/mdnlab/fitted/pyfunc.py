@@ -68,10 +68,19 @@ class MdnPyfunc(mlflow.pyfunc.PythonModel):
         self.model = load_path(Path(context.artifacts[RUN_ARTIFACT]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from mdnlab.errors import MdnlabError
+
         params = params or {}
-        what = params.get("what") or default_what(self.model)
-        quantiles = [float(q) for q in (params.get("quantiles") or DEFAULT_QUANTILES)]
-        return wide_predictions(self.model, model_input, what, quantiles)
+        try:
+            what = params.get("what") or default_what(self.model)
+            quantiles = [float(q) for q in (params.get("quantiles") or DEFAULT_QUANTILES)]
+            return wide_predictions(self.model, model_input, what, quantiles)
+        except (MdnlabError, ValueError, TypeError) as err:
+            # the request is at fault: the scoring server answers 400 with this one line
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def example_frame(model, x_encoded: np.ndarray, rows: int = EXAMPLE_ROWS) -> pd.DataFrame:
