@@ -48,39 +48,63 @@ def evidence_at(module, x: torch.Tensor, y: torch.Tensor, penalty: float):
 def select_penalty(
     ensemble, members: list[MemberResult], data: FitData, polish: PolishSettings, label: str = ""
 ) -> PenaltyChoice:
-    """Updates ``ensemble.penalty`` and the members' weights in place; returns the choice."""
+    """Updates ``ensemble.penalty`` and the members' weights in place; returns the choice.
+
+    Robust to the fixed point's failures: lambda stays in ``PENALTY_RANGE`` (a proposal beyond
+    it stops the iteration with a warning, rather than running to the bound), and whatever stops
+    it (settled, failed Laplace approximation, the bound, ``MAX_UPDATES``), the estimate is the
+    visited lambda with the highest log evidence, the start included: never a worse evidence
+    than the fit at ``train.penalty``."""
     x, y = data.x_train, data.y_train
     penalty = float(ensemble.penalty)
-    path = []
+    path: list[tuple[float, float]] = []
+    best: tuple[float, float, float, torch.Tensor] | None = None  # (log ev, lambda, gamma, theta)
+    stop = ""
     for update in range(1, MAX_UPDATES + 1):
         try:
             terms, squared = evidence_at(best_member(members).module, x, y, penalty)
         except ValueError as err:  # not at a minimum: the Laplace approximation has no centre
-            warn(
-                f"{label}train.penalty_select=evidence stopped at lambda {penalty:.4g} after "
-                f"{update - 1} update(s): {err} (did the polish converge? see train/grad_norm)"
+            stop = (
+                f"stopped at lambda {penalty:.4g} after {update - 1} update(s): {err} (did the "
+                "polish converge? see train/grad_norm)"
             )
-            nan = float("nan")
-            return PenaltyChoice(penalty, nan, nan, update - 1, path)
+            break
         path.append((penalty, terms.log_evidence))
-        proposal = float(
-            np.clip(fixed_point_penalty(terms.effective_params, squared), *PENALTY_RANGE)
-        )
+        if best is None or terms.log_evidence > best[0]:
+            theta = ensemble.members.flat().detach().clone()
+            best = (terms.log_evidence, penalty, terms.effective_params, theta)
+        wanted = fixed_point_penalty(terms.effective_params, squared)
+        proposal = float(np.clip(wanted, *PENALTY_RANGE))
         say(
             f"{label}evidence: lambda {penalty:.4g}, log evidence {terms.log_evidence:.3f}, "
             f"gamma {terms.effective_params:.2f} -> lambda {proposal:.4g}"
         )
         if abs(proposal - penalty) <= REL_TOL * penalty:
-            return PenaltyChoice(penalty, terms.log_evidence, terms.effective_params, update, path)
+            break
+        if proposal != wanted:
+            stop = (
+                f"the fixed point runs past the bound lambda {proposal:g} (it asks for "
+                f"{wanted:.3g}; the search stays in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}]): "
+                "the evidence has no maximum inside it for this fit"
+            )
+            break
         penalty = proposal
         ensemble.penalty = penalty
         polish_members(ensemble, members, data, polish, label)
-    warn(
-        f"{label}train.penalty_select=evidence: lambda did not settle in {MAX_UPDATES} updates "
-        f"(last {penalty:.4g}); reporting the evidence there"
-    )
-    try:
-        terms, _ = evidence_at(best_member(members).module, x, y, penalty)
-    except ValueError:
-        return PenaltyChoice(penalty, float("nan"), float("nan"), MAX_UPDATES, path)
-    return PenaltyChoice(penalty, terms.log_evidence, terms.effective_params, MAX_UPDATES, path)
+    else:
+        stop = f"lambda did not settle in {MAX_UPDATES} updates (last {penalty:.4g})"
+    if best is None:
+        warn(f"{label}train.penalty_select=evidence {stop}")
+        nan = float("nan")
+        return PenaltyChoice(penalty, nan, nan, 0, path)
+    log_evidence, chosen, gamma, theta = best
+    if stop:
+        warn(
+            f"{label}train.penalty_select=evidence: {stop}; keeping the visited lambda with the "
+            f"highest log evidence, {chosen:.4g} ({log_evidence:.3f})"
+        )
+    if chosen != penalty:
+        ensemble.members.set_flat(theta)
+        ensemble.penalty = chosen
+        polish_members(ensemble, members, data, polish, label)  # at its optimum: fills results
+    return PenaltyChoice(chosen, log_evidence, gamma, len(path), path)
