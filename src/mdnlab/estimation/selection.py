@@ -98,6 +98,12 @@ def select_penalty(
         nan = float("nan")
         return PenaltyChoice(penalty, nan, nan, 0, path)
     log_evidence, chosen, gamma, theta = best
+    if not stop and chosen != penalty:
+        stop = (
+            f"the fixed point settled at lambda {penalty:.4g} with a lower log evidence than "
+            f"lambda {chosen:.4g} had ({path[-1][1]:.3f} < {log_evidence:.3f}; the Hessian moved "
+            "with lambda)"
+        )
     if stop:
         warn(
             f"{label}train.penalty_select=evidence: {stop}; keeping the visited lambda with the "
