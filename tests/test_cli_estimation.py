@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import TINY, cli_env, run_cli
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from mdnlab.module import MDNModule
 
@@ -123,13 +124,46 @@ def test_validation_selection_logs_the_path_and_its_chosen_penalty(tmp_path, tin
     assert metrics["val/polish_rise"] == pytest.approx(
         metrics["val/nll"] - metrics["val/nll_before_polish"], abs=1e-12
     )
-    # the scale penalty's reference (the noise variance of the standardised y, here about the
-    # marginal one: neighbours in x fall on either branch) is saved with the model, as logged
+    # the scale penalty's reference (the residual variance of the standardised y around the
+    # early-stopped mean; here close to the marginal one, since the mean of two branches +-(1+x)
+    # is near 0) is saved with the model, as logged
     client.download_artifacts(run.info.run_id, "model", str(local))
     module = MDNModule.load_from_checkpoint(local / "model" / "model.ckpt")
     (reference,) = module.scale_reference.tolist()
     assert reference == pytest.approx(metrics["train/scale_reference"], rel=1e-12)
     assert 0.5 < reference <= 1.0
+
+
+def test_a_loaded_model_gives_the_runs_ses_at_the_scale_penalty_the_path_chose(tmp_path, tiny_csv):
+    import mdnlab
+    from mdnlab.pipeline import SplitTensors, load_data
+
+    args = [
+        *file_args(tiny_csv),
+        *TINY,
+        "train.penalty_select=validation",
+        "train.penalty_path.count=5",
+        "train.polish_max_iter=3000",
+        "train.scale_penalty=1",  # not in the list: the chosen c differs from the configured one
+        "train.penalty_path.scale_penalties=[0.3,3]",
+    ]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    client, run = only_run(tmp_path)
+    chosen = run.data.metrics["train/scale_penalty"]
+    assert chosen in (0.3, 3.0)
+    fitted = mdnlab.load(run.info.run_id, tracking_uri=client.tracking_uri)
+    assert fitted.scale_penalty == chosen
+    cfg = OmegaConf.create(fitted.config)
+    points = SplitTensors.from_table(*load_data(cfg)).x["test"].numpy()[:, 0]
+    logged = pd.read_csv(
+        client.download_artifacts(run.info.run_id, "inference/predictions.csv", str(tmp_path))
+    ).rename(columns={"point": "row"})
+    got = fitted.predict(pd.DataFrame({"x": points}), what="mean,variance", se=True)
+    both = got.merge(logged, on=["row", "quantity"], suffixes=("", "_logged"))
+    assert len(both) == 2 * len(points)
+    for column in ("se_hessian", "se_sandwich"):
+        np.testing.assert_allclose(both[column], both[f"{column}_logged"], rtol=1e-8)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from sklearn.base import BaseEstimator
 
 from mdnlab.data.splits import split_rows
@@ -198,8 +199,6 @@ class MDN(BaseEstimator):
         if inference is not None:
             self.metrics_ |= inference.metrics
         self.n_train_, self.n_val_ = data.size("train"), data.size("val")
-        from omegaconf import OmegaConf
-
         self.config_ = OmegaConf.to_container(cfg, resolve=True)
         self.model_ = FittedModel(
             module,

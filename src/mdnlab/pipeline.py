@@ -49,6 +49,7 @@ from mdnlab.estimation.fit import (
 )
 from mdnlab.estimation.objective import check_penalty
 from mdnlab.estimation.ordering import OrderingReport, order_members
+from mdnlab.estimation.scale_reference import set_residual_reference
 from mdnlab.estimation.selection import select_penalty
 from mdnlab.estimation.validation_path import PathChoice, PathSettings, select_by_validation
 from mdnlab.families import family_class
@@ -457,20 +458,6 @@ class Estimation:
                 f"train.scale_reference={reference!r}; expected one of {', '.join(SCALE_REFERENCES)}"
             )
         return cls(penalty, select, restarts, polish, scale_penalty, path, reference)
-
-
-def set_residual_reference(ensemble, members: list[MemberResult], data: FitData) -> torch.Tensor:
-    """The scale penalty's reference from the early-stopped member with the best val NLL (the
-    first alive member without validation rows), given to the ensemble and every member."""
-    alive = [m for m in members if m.alive] or members
-    scored = [m for m in alive if np.isfinite(m.val_nll_before_polish)]
-    source = min(scored, key=lambda m: m.val_nll_before_polish) if scored else alive[0]
-    source.module.fit_scale_reference(data.x_train, data.y_train)
-    reference = source.module.scale_reference.clone()
-    ensemble.scale_reference.copy_(reference)
-    for member in members:
-        member.module.scale_reference.copy_(reference)
-    return reference
 
 
 @dataclass

@@ -92,17 +92,16 @@ def table_from_frame(
 ) -> Table:
     """A table from a DataFrame's columns, checked as a CSV file's are (``source`` names it in
     the messages): text x columns one-hot, text y columns class codes with ``text_y``."""
-    path = source
     for field_name, cols in (("data.x_cols", x_cols), ("data.y_cols", y_cols)):
         if not cols:
             raise DataError(
-                f"{field_name} is required for the CSV file {path}; its columns are: "
+                f"{field_name} is required for the CSV file {source}; its columns are: "
                 f"{', '.join(map(str, frame.columns))}"
             )
         missing = [c for c in cols if c not in frame.columns]
         if missing:
             raise DataError(
-                f"{field_name}: column(s) {', '.join(map(repr, missing))} not in {path}; "
+                f"{field_name}: column(s) {', '.join(map(repr, missing))} not in {source}; "
                 f"its columns are: {', '.join(map(str, frame.columns))}"
             )
     x, x_names, encodings = encode_inputs(frame, list(x_cols), source)
@@ -227,38 +226,39 @@ def table_from_arrays(x: np.ndarray, y: np.ndarray, x_cols, y_cols, source: str)
     """A table from arrays x (n, d) or (n,) and y (n,), (n, q) or (n, p, p), checked as an
     .npz file's are (``source`` names them in the messages); ``x_cols``/``y_cols`` name the
     columns (None: x0, x1, ... and y0, ...)."""
-    path = source
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
-        raise DataError(f"{path}: x has shape {x.shape}; expected (n, d)")
+        raise DataError(f"{source}: x has shape {x.shape}; expected (n, d)")
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim not in (2, 3):
-        raise DataError(f"{path}: y has shape {y.shape}; expected (n,), (n, q) or (n, p, p)")
+        raise DataError(f"{source}: y has shape {y.shape}; expected (n,), (n, q) or (n, p, p)")
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]}; expected equal")
+        raise DataError(f"{source}: x has {x.shape[0]} rows but y has {y.shape[0]}; expected equal")
     x_names = list(x_cols) if x_cols else [f"x{j}" for j in range(x.shape[1])]
     y_names = list(y_cols) if y_cols else _default_y_names(y)
     if len(x_names) != x.shape[1]:
         raise DataError(
-            f"data.x_cols names {len(x_names)} columns but x in {path} has {x.shape[1]}"
+            f"data.x_cols names {len(x_names)} columns but x in {source} has {x.shape[1]}"
         )
     if len(y_names) != len(_default_y_names(y)):
         raise DataError(
-            f"data.y_cols names {len(y_names)} columns but y in {path} has shape {y.shape[1:]} "
+            f"data.y_cols names {len(y_names)} columns but y in {source} has shape {y.shape[1:]} "
             f"per row ({len(_default_y_names(y))} entries)"
         )
     for name, values in (("x", x), ("y", y)):
         if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
-            raise DataError(f"{path}: array {name} has dtype {values.dtype}; expected real numbers")
+            raise DataError(
+                f"{source}: array {name} has dtype {values.dtype}; expected real numbers"
+            )
         values = values.astype(np.float64)
         flat = values.reshape(values.shape[0], -1)
         bad_rows, bad_cols = np.nonzero(~np.isfinite(flat))
         if bad_rows.size:
             raise DataError(
-                f"{path}: array {name}, row {bad_rows[0]}, entry {bad_cols[0]}: value "
+                f"{source}: array {name}, row {bad_rows[0]}, entry {bad_cols[0]}: value "
                 f"{flat[bad_rows[0], bad_cols[0]]} is not a finite number; expected finite numbers"
             )
     return Table(x.astype(np.float64), y.astype(np.float64), x_names, y_names, source)
